@@ -1,0 +1,32 @@
+"""One exception type per domain. Messages name the file, key or value at fault and what was expected.
+
+The CLI prints these without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+
+class ParcaeError(Exception):
+    """Base class for errors caused by user input (configs, files, arguments)."""
+
+
+class ConfigError(ParcaeError, ValueError):
+    """An invalid model or run configuration."""
+
+
+class CheckpointError(ParcaeError):
+    """A checkpoint that cannot be loaded faithfully (missing/unexpected keys, shapes, formats)."""
+
+
+class DataError(ParcaeError):
+    """Bad corpus, shard or dataset input."""
+
+
+class TokenizerError(ParcaeError):
+    """A tokenizer that cannot be trained, saved or loaded as asked."""
+
+
+class EvalError(ParcaeError):
+    """Bad evaluation data or settings."""
+
+
+class TrainingError(ParcaeError):
+    """Training cannot continue (non-finite loss, incompatible resume, ...)."""
