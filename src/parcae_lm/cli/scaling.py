@@ -1,0 +1,230 @@
+"""`parcae fit ...`: scaling-law fits of a results table (CSV or JSONL, one run per row).
+
+    parcae fit isoflop    RESULTS --out DIR   iso-FLOP parabolas, μ_rec*(C) and D*(C) power laws + bootstrap CIs
+    parcae fit parametric RESULTS --out DIR   L = E + A·N_eff^(−α) + B·D^(−β)
+    parcae fit testtime   RESULTS --out DIR   L(T) = L∞ + Z·exp(−z·T), one curve per model
+    parcae fit unified    RESULTS --out DIR   L = E + X·N^(−x) + Y·D^(−y) + Z·exp(−z·T/μ_rec)
+
+Each writes <kind>.json, <kind>.md and PNG plots into DIR and prints the markdown table. Column
+names default to those documented in `parcae_lm.scaling.fit` and can be changed with flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from parcae_lm.cache import atomic_write_text
+from parcae_lm.errors import ConfigError
+from parcae_lm.scaling import fit as F
+
+
+def register(subparsers) -> None:
+    _register_fit(subparsers)
+
+
+# ---------------------------------------------------------------------------------------------------
+# parcae fit
+
+
+def _register_fit(subparsers) -> None:
+    p = subparsers.add_parser("fit", help="fit scaling laws to a results table (needs the 'scaling' extra)")
+    sub = p.add_subparsers(dest="fit_kind", metavar="KIND", required=True)
+
+    def common(name: str, help: str) -> argparse.ArgumentParser:
+        q = sub.add_parser(name, help=help, description=help)
+        q.add_argument("results", type=Path, help="results table (.csv or .jsonl, one run per row)")
+        q.add_argument("--out", type=Path, required=True, help="output directory for JSON, markdown and PNGs")
+        q.add_argument("--loss-col", default=F.LOSS, help=f"loss column (default: {F.LOSS})")
+        return q
+
+    def law_options(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--tokens-col", default=F.TOKENS, help=f"training-tokens column (default: {F.TOKENS})")
+        q.add_argument(
+            "--mu-col", default=F.MEAN_RECURRENCE, help=f"μ_rec column (default: {F.MEAN_RECURRENCE})"
+        )
+        q.add_argument("--n-col", default=F.N_EFF, help=f"effective-parameter column (default: {F.N_EFF})")
+        q.add_argument(
+            "--core-params",
+            type=float,
+            help="compute N_eff = other + μ_rec·core from the μ_rec column instead of reading --n-col",
+        )
+        q.add_argument("--other-params", type=float, help="non-recurrent parameters, with --core-params")
+        q.add_argument("--delta", type=float, default=F.HUBER_DELTA, help="Huber delta on log-loss residuals")
+        q.add_argument("--n-starts", type=int, default=32, help="L-BFGS restarts (best-screened inits)")
+        q.add_argument(
+            "--n-candidates", type=int, default=4096, help="random inits screened for the restarts"
+        )
+        q.add_argument("--seed", type=int, default=0)
+
+    q = common("isoflop", "iso-FLOP analysis: per-budget parabolas and power laws of the optima")
+    q.add_argument("--flops-col", default=F.FLOPS, help=f"nominal FLOP-budget column (default: {F.FLOPS})")
+    q.add_argument(
+        "--x-cols",
+        nargs="+",
+        default=[F.MEAN_RECURRENCE, F.TOKENS],
+        help=f"columns whose optimum to fit per budget (default: {F.MEAN_RECURRENCE} {F.TOKENS})",
+    )
+    q.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default: 1000)")
+    q.add_argument("--ci", type=float, default=0.95, help="confidence level (default: 0.95)")
+    q.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    q.add_argument(
+        "--max-extrapolation",
+        type=float,
+        default=1.5,
+        help="drop a budget whose vertex lies more than this factor outside its sampled range (default 1.5)",
+    )
+    q.set_defaults(func=fit_isoflop_cmd)
+
+    q = common("parametric", "parametric law L = E + A·N_eff^(−α) + B·D^(−β) (Huber on log-loss)")
+    law_options(q)
+    q.set_defaults(func=fit_parametric_cmd)
+
+    q = common("testtime", "test-time law L(T) = L∞ + Z·exp(−z·T), one fit per model")
+    q.add_argument(
+        "--steps-col", default=F.NUM_STEPS, help=f"test-time recurrence column (default: {F.NUM_STEPS})"
+    )
+    q.add_argument(
+        "--group-col",
+        help=f"one curve per value of this column (default: {F.MEAN_RECURRENCE} if present, else one curve)",
+    )
+    q.set_defaults(func=fit_testtime_cmd)
+
+    q = common("unified", "unified law L = E + X·N^(−x) + Y·D^(−y) + Z·exp(−z·T/μ_rec^γ)")
+    law_options(q)
+    q.add_argument(
+        "--steps-col", default=F.NUM_STEPS, help=f"test-time recurrence column (default: {F.NUM_STEPS})"
+    )
+    q.add_argument("--learn-gamma", action="store_true", help="fit γ too (the paper fixes γ = 1)")
+    q.set_defaults(func=fit_unified_cmd)
+
+
+def fit_isoflop_cmd(args) -> int:
+    from parcae_lm.scaling import plots
+
+    table = F.RunTable.read(args.results)
+    flops, loss = table.numeric(args.flops_col), table.numeric(args.loss_col)
+    results, files, md = {}, [], []
+    for col in args.x_cols:
+        fit = F.fit_isoflop(
+            flops,
+            table.numeric(col),
+            loss,
+            variable=col,
+            n_boot=args.n_boot,
+            ci=args.ci,
+            seed=args.seed,
+            max_extrapolation=args.max_extrapolation,
+        )
+        results[col] = fit.to_dict()
+        md.append(fit.to_markdown())
+        files.append(plots.plot_isoflop(fit, args.out / f"isoflop_{col}.png", loss_label=args.loss_col))
+        files.append(plots.plot_power_law(fit, args.out / f"powerlaw_{col}.png"))
+    columns = {"flops": args.flops_col, "x": args.x_cols, "loss": args.loss_col}
+    return _finish(args, "isoflop", table, columns, results, "\n".join(md), files)
+
+
+def _n_eff(args, table: F.RunTable) -> tuple[np.ndarray, str]:
+    if args.core_params is None:
+        if args.other_params is not None:
+            raise ConfigError("--other-params needs --core-params")
+        return table.numeric(args.n_col), args.n_col
+    if args.other_params is None:
+        raise ConfigError("--core-params needs --other-params (the non-recurrent parameter count)")
+    n = F.effective_params(args.core_params, args.other_params, table.numeric(args.mu_col))
+    return n, f"{args.other_params:g} + {args.mu_col} * {args.core_params:g}"
+
+
+def _lse_kwargs(args) -> dict:
+    return {
+        "delta": args.delta,
+        "n_starts": args.n_starts,
+        "n_candidates": args.n_candidates,
+        "seed": args.seed,
+    }
+
+
+def fit_parametric_cmd(args) -> int:
+    from parcae_lm.scaling import plots
+
+    table = F.RunTable.read(args.results)
+    n_eff, n_source = _n_eff(args, table)
+    tokens, loss = table.numeric(args.tokens_col), table.numeric(args.loss_col)
+    fit = F.fit_parametric(n_eff, tokens, loss, **_lse_kwargs(args))
+    title = f"L = E + A·N^(−{fit.alpha:.3f}) + B·D^(−{fit.beta:.3f})"
+    files = [
+        plots.plot_parity(loss, fit.predict(n_eff, tokens), args.out / "parametric_parity.png", title=title)
+    ]
+    columns = {"n_eff": n_source, "tokens": args.tokens_col, "loss": args.loss_col}
+    return _finish(args, "parametric", table, columns, fit.to_dict(), fit.to_markdown(), files)
+
+
+def fit_testtime_cmd(args) -> int:
+    from parcae_lm.scaling import plots
+
+    table = F.RunTable.read(args.results)
+    group_col = args.group_col
+    if group_col is None and table.has(F.MEAN_RECURRENCE):
+        group_col = F.MEAN_RECURRENCE
+    groups = table.raw(group_col) if group_col else None
+    fits = F.fit_test_time_groups(
+        table.numeric(args.steps_col), table.numeric(args.loss_col), groups, group_column=group_col
+    )
+    files = [plots.plot_test_time(fits, args.out / "testtime.png", loss_label=args.loss_col)]
+    columns = {"steps": args.steps_col, "loss": args.loss_col, "group": group_col}
+    return _finish(args, "testtime", table, columns, fits.to_dict(), fits.to_markdown(), files)
+
+
+def fit_unified_cmd(args) -> int:
+    from parcae_lm.scaling import plots
+
+    table = F.RunTable.read(args.results)
+    n_eff, n_source = _n_eff(args, table)
+    mu, tokens = table.numeric(args.mu_col), table.numeric(args.tokens_col)
+    steps, loss = table.numeric(args.steps_col), table.numeric(args.loss_col)
+    fit = F.fit_unified(mu, n_eff, tokens, steps, loss, learn_gamma=args.learn_gamma, **_lse_kwargs(args))
+    files = [
+        plots.plot_parity(
+            loss,
+            fit.predict(mu, n_eff, tokens, steps),
+            args.out / "unified_parity.png",
+            title="unified law: predicted vs observed",
+            color_by=steps,
+            color_label="test-time recurrence T",
+        )
+    ]
+    columns = {
+        "mean_recurrence": args.mu_col,
+        "n_eff": n_source,
+        "tokens": args.tokens_col,
+        "steps": args.steps_col,
+        "loss": args.loss_col,
+    }
+    return _finish(args, "unified", table, columns, fit.to_dict(), fit.to_markdown(), files)
+
+
+def _json_safe(obj):
+    """NaN/inf are not JSON; write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _finish(args, kind: str, table: F.RunTable, columns: dict, result: dict, markdown: str, files) -> int:
+    out: Path = args.out
+    payload = {"source": table.source, "rows": len(table.rows), "columns": columns, "result": result}
+    json_path, md_path = out / f"{kind}.json", out / f"{kind}.md"
+    atomic_write_text(json_path, json.dumps(_json_safe(payload), indent=2) + "\n")
+    atomic_write_text(md_path, f"# {kind} fit of {table.source}\n\n{markdown}")
+    print(markdown)
+    for path in [json_path, md_path, *files]:
+        print(f"wrote {path}")
+    return 0
