@@ -1,0 +1,196 @@
+"""Loading and saving models: ours (config.json + model.safetensors) and the authors' formats.
+
+Accepted on load: a local directory or a hub id; `config.json` with or without `_class_name`; weights in
+`model.safetensors`, `pytorch_model.bin`, `model.pt` or `model.bin`, optionally nested as {"model": ...};
+`module.` / `_orig_mod.` / `_forward_module.` / `model.` path components anywhere in keys; `freqs_cis`
+present (checked against our RoPE table) or not; a tied head under `lm_head.weight`, `transformer.wte.weight`
+or both. Loading is strict: missing or unexpected keys and shape mismatches raise CheckpointError naming
+them. Pickles are opened with `weights_only=True` only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from parcae_lm.config import ModelConfig, from_dict
+from parcae_lm.errors import CheckpointError, ConfigError
+from parcae_lm.model import LanguageModel, build_model
+from parcae_lm.model.layers import rope_table
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.bin")
+_WRAPPER_COMPONENTS = {"module", "_orig_mod", "_forward_module", "model"}
+
+
+def save_pretrained(model: LanguageModel, directory: str | Path) -> Path:
+    """Write `config.json` + `model.safetensors` (atomically: a crash never leaves a half-written pair)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight")  # the same tensor as transformer.wte.weight
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".save-") as tmp:
+        save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        Path(tmp, "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        os.replace(os.path.join(tmp, "model.safetensors"), directory / "model.safetensors")
+        os.replace(os.path.join(tmp, "config.json"), directory / "config.json")
+    return directory
+
+
+def load_config(directory: str | Path) -> ModelConfig:
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"no config.json in {directory}")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    try:
+        return from_dict(raw)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def from_pretrained(
+    name_or_path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> LanguageModel:
+    """Load a model from a local directory (ours or the reference's layout) or a Hugging Face hub id."""
+    directory = resolve_directory(name_or_path)
+    config = load_config(directory)
+    state = load_state_dict_file(directory)
+    with torch.device("meta"):
+        model = build_model(config)
+    state = normalize_state_dict(state, model)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.tie_weights()
+    model.eval()
+    return model.to(device=device or "cpu", dtype=dtype)
+
+
+def resolve_directory(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{path} is a file; expected a directory with config.json and weights")
+    text = str(name_or_path)
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise CheckpointError(f"{text} is neither a local directory nor a hub id of the form 'org/name'")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(
+            f"{text} is not a local directory; downloading it from the Hugging Face hub needs "
+            "`pip install huggingface_hub`"
+        ) from None
+    try:
+        return Path(snapshot_download(text, allow_patterns=["*.json", *WEIGHT_FILES]))
+    except Exception as e:  # network, auth, missing repo: all end here with the hub's own message
+        raise CheckpointError(f"could not download {text} from the Hugging Face hub: {e}") from None
+
+
+def load_state_dict_file(directory: Path) -> dict[str, Tensor]:
+    for name in WEIGHT_FILES:
+        path = directory / name
+        if path.is_file():
+            break
+    else:
+        raise CheckpointError(f"no weights in {directory}: looked for {', '.join(WEIGHT_FILES)}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{path} could not be loaded with weights_only=True (arbitrary pickled objects are refused): {e}"
+        ) from None
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]  # a training checkpoint {"model": ..., "optimizer": ..., ...}
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return obj
+
+
+def normalize_state_dict(state: dict[str, Tensor], model: LanguageModel) -> dict[str, Tensor]:
+    """Map a checkpoint's keys onto `model`'s and check every key and shape (strict)."""
+    cfg = model.config
+    clean: dict[str, Tensor] = {}
+    for key, value in state.items():
+        new = ".".join(p for p in key.split(".") if p not in _WRAPPER_COMPONENTS)
+        if new in clean:
+            raise CheckpointError(f"checkpoint keys {key!r} and another key both map to {new!r}")
+        clean[new] = value
+
+    freqs = clean.pop("freqs_cis", None)
+    if freqs is not None:
+        _check_rope(freqs, cfg)
+
+    expected = model.state_dict()
+    if cfg.tie_embeddings:
+        head, wte = clean.pop("lm_head.weight", None), clean.get("transformer.wte.weight")
+        if wte is None and head is not None:
+            wte = clean["transformer.wte.weight"] = head
+        if head is not None and wte is not None and head.shape == wte.shape and not torch.equal(head, wte):
+            raise CheckpointError(
+                "config says tie_embeddings but lm_head.weight differs from transformer.wte.weight"
+            )
+        if wte is not None:
+            clean["lm_head.weight"] = wte
+    else:
+        head = clean.get("lm_head.weight")
+        want = expected["lm_head.weight"].shape
+        if head is not None and head.shape != want and head.T.shape == want:
+            clean["lm_head.weight"] = head.T.contiguous()  # the reference's fused head stores [d, V]
+
+    missing = sorted(set(expected) - set(clean))
+    unexpected = sorted(set(clean) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(clean[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in clean and clean[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches ({len(mismatched)}): {_short(mismatched)}")
+        raise CheckpointError(
+            f"checkpoint does not match the {type(model).__name__} config: " + "; ".join(parts)
+        )
+    dtype = next(iter(expected.values())).dtype
+    return {k: v if v.is_floating_point() and v.dtype == dtype else v.to(dtype) for k, v in clean.items()}
+
+
+def _check_rope(freqs: Tensor, cfg: ModelConfig) -> None:
+    """The reference stores its RoPE table [1, L, 1, D/2, 2]; make sure it matches the config's rope_base."""
+    if freqs.dim() != 5 or freqs.shape[-1] != 2:
+        raise CheckpointError(f"freqs_cis has shape {tuple(freqs.shape)}, expected [1, L, 1, D/2, 2]")
+    n = min(freqs.shape[1], cfg.block_size)
+    cos, sin = rope_table(n, 2 * freqs.shape[3], cfg.rope_base, cfg.rope_condense_ratio)
+    ours = torch.stack((cos, sin), dim=-1)
+    theirs = freqs[0, :n, 0].float()
+    if not torch.allclose(ours, theirs, atol=1e-3):
+        raise CheckpointError(
+            "the checkpoint's freqs_cis does not match rope_base="
+            f"{cfg.rope_base}, rope_condense_ratio={cfg.rope_condense_ratio} from its config"
+        )
+
+
+def _short(items: list[str], limit: int = 8) -> Any:
+    return ", ".join(items[:limit]) + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")

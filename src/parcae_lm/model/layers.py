@@ -1,0 +1,198 @@
+"""Transformer building blocks shared by Parcae and GPT: norms, RoPE, attention, MLP, block, init.
+
+Numerics follow the reference exactly: RMSNorm in fp32 then × weight, interleaved-pair RoPE in fp32,
+QK-norm (no weight, dtype eps) *after* RoPE, ½·ReLU², gated value embeddings reading 32 channels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from parcae_lm.config import Activation, InitStrategy, ModelConfig, Norm
+
+VE_GATE_CHANNELS = 32  # the value-embedding gate reads only the first 32 channels of the normed input
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in fp32 even under autocast, cast back, *then* scale (as the reference does).
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
+
+
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    if cfg.norm_class_name == Norm.RMSNORM:
+        return RMSNorm(dim, cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps)
+
+
+def activation(kind: Activation, x: Tensor) -> Tensor:
+    if kind == Activation.RELU2:
+        return 0.5 * F.relu(x).square()
+    if kind == Activation.GELU:
+        return F.gelu(x)
+    if kind == Activation.RELU:
+        return F.relu(x)
+    return F.silu(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rotary embeddings: pairs (x[2i], x[2i+1]) rotated by angle pos/condense · base^(−2i/D).
+
+
+def rope_table(
+    length: int, head_size: int, base: float, condense: float, device=None
+) -> tuple[Tensor, Tensor]:
+    """cos and sin tables of shape [length, head_size/2], fp32."""
+    inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float64, device=device) / head_size)
+    pos = torch.arange(length, dtype=torch.float64, device=device) / condense
+    angles = torch.outer(pos, inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: [B, T, H, D]; cos/sin: [T, D/2] or [B, T, D/2]."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    a, b = xf[..., 0], xf[..., 1]
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
+    return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2).type_as(x)
+
+
+@dataclass
+class AttnContext:
+    """Per-forward attention inputs shared by all blocks of one width: RoPE tables and the mask.
+
+    `mask` is None for plain causal attention, else a bool tensor [B, 1, Tq, Tk] (True = attend).
+    """
+
+    cos: Tensor
+    sin: Tensor
+    mask: Tensor | None = None
+
+    def rows(self, sl: slice | Tensor) -> AttnContext:
+        """The same context restricted to a subset of batch rows (for depth-dependent execution)."""
+        if self.mask is None and self.cos.dim() == 2:
+            return self
+        cos, sin = (self.cos, self.sin) if self.cos.dim() == 2 else (self.cos[sl], self.sin[sl])
+        return AttnContext(cos, sin, None if self.mask is None else self.mask[sl])
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, d: int, n_head: int, n_kv: int, bias: bool, qk_norm: bool, has_ve: bool) -> None:
+        super().__init__()
+        self.n_head, self.n_kv, self.head_size = n_head, n_kv, d // n_head
+        self.qk_norm = qk_norm
+        self.c_q = nn.Linear(d, n_head * self.head_size, bias=bias)
+        self.c_k = nn.Linear(d, n_kv * self.head_size, bias=bias)
+        self.c_v = nn.Linear(d, n_kv * self.head_size, bias=bias)
+        self.c_proj = nn.Linear(n_head * self.head_size, d, bias=bias)
+        self.ve_gate = nn.Linear(VE_GATE_CHANNELS, n_kv, bias=False) if has_ve else None
+
+    def forward(self, x: Tensor, ctx: AttnContext, ve: Tensor | None = None, kv_slot=None) -> Tensor:
+        B, T, _ = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_size)
+        k = self.c_k(x).view(B, T, self.n_kv, self.head_size)
+        v = self.c_v(x).view(B, T, self.n_kv, self.head_size)
+        if ve is not None and self.ve_gate is not None:
+            gate = 2.0 * torch.sigmoid(self.ve_gate(x[..., :VE_GATE_CHANNELS]))  # [B, T, n_kv] in (0, 2)
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv, self.head_size)
+        q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        if self.qk_norm:
+            q = F.rms_norm(q, (self.head_size,))
+            k = F.rms_norm(k, (self.head_size,))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+        if kv_slot is not None:
+            k, v = kv_slot.update(k, v)
+        is_causal = ctx.mask is None and kv_slot is None and T > 1
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=ctx.mask, is_causal=is_causal, enable_gqa=self.n_head != self.n_kv
+        )
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, d: int, hidden: int, bias: bool, act: Activation) -> None:
+        super().__init__()
+        self.act = act
+        self.fc = nn.Linear(d, hidden, bias=bias)
+        self.proj = nn.Linear(hidden, d, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(activation(self.act, self.fc(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, d: int, hidden: int, n_head: int, n_kv: int, has_ve: bool) -> None:
+        super().__init__()
+        self.norm_1 = make_norm(cfg, d)
+        self.attn = CausalSelfAttention(d, n_head, n_kv, cfg.bias, cfg.qk_norm, has_ve)
+        self.norm_2 = make_norm(cfg, d)
+        self.mlp = MLP(d, hidden, cfg.bias, cfg.nonlin_name)
+
+    def forward(self, x: Tensor, ctx: AttnContext, ve: Tensor | None = None, kv_slot=None) -> Tensor:
+        x = x + self.attn(self.norm_1(x), ctx, ve, kv_slot)
+        return x + self.mlp(self.norm_2(x))
+
+
+def has_value_embedding(layer: int, n_layers: int) -> bool:
+    """Alternate layers, always including the last: i ≡ n−1 (mod 2). One indexing for tables and gates."""
+    return layer % 2 == (n_layers - 1) % 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Initialisation (the reference's `scaled` / `scaled-zero` strategies with truncated-orthogonal draws).
+
+
+@torch.no_grad()
+def trunc_normal_(w: Tensor, std: float) -> Tensor:
+    if std == 0:
+        return w.zero_()
+    return nn.init.trunc_normal_(w, mean=0.0, std=std, a=-3 * std, b=3 * std)
+
+
+@torch.no_grad()
+def trunc_orthogonal_(w: Tensor, std: float) -> Tensor:
+    """Orthogonal matrix scaled so entries have std ≈ `std`: every singular value is std·√max(rows, cols)."""
+    if std == 0:
+        return w.zero_()
+    rows, cols = w.shape
+    a = torch.empty(max(rows, cols), min(rows, cols), dtype=torch.float32, device=w.device)
+    nn.init.trunc_normal_(a, 0.0, 1.0, -2.0, 2.0)
+    q, r = torch.linalg.qr(a)
+    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)  # make the decomposition unique
+    if rows < cols:
+        q = q.T
+    return w.copy_(q * std * math.sqrt(max(rows, cols)))
+
+
+def init_matrix(w: Tensor, std: float, orthogonal: bool) -> None:
+    if w.is_meta:
+        return
+    (trunc_orthogonal_ if orthogonal else trunc_normal_)(w, std)
+
+
+def init_block(block: Block, cfg: ModelConfig, d: int, depth: int) -> None:
+    """q/k/v/fc get std √(2/5d); output projections 0 (scaled-zero) or std/√(2·depth) (scaled)."""
+    std = math.sqrt(2.0 / (5.0 * d))
+    out_std = 0.0 if cfg.init_strategy == InitStrategy.SCALED_ZERO else std / math.sqrt(2.0 * depth)
+    attn, mlp = block.attn, block.mlp
+    for lin in (attn.c_q, attn.c_k, attn.c_v, mlp.fc):
+        init_matrix(lin.weight, std, cfg.init_orthogonal)
+    for lin in (attn.c_proj, mlp.proj):
+        init_matrix(lin.weight, out_std, cfg.init_orthogonal)
+    for lin in (attn.c_q, attn.c_k, attn.c_v, attn.c_proj, mlp.fc, mlp.proj):
+        if lin.bias is not None and not lin.bias.is_meta:
+            nn.init.zeros_(lin.bias)
+    if attn.ve_gate is not None and not attn.ve_gate.weight.is_meta:
+        attn.ve_gate.reset_parameters()  # the reference keeps PyTorch's default U(±1/√32) here
