@@ -20,13 +20,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-from parcae_lm.cache import atomic_write_bytes, atomic_write_text, fetch_pypi_package
+from parcae_lm.cache import atomic_write_bytes, atomic_write_text, cache_dir, fetch_pypi_package
 from parcae_lm.errors import DataError, TokenizerError
+
+if TYPE_CHECKING:
+    import tiktoken
 
 # GPT-4's split pattern, except that digit runs split into groups of at most two (`\p{N}{1,2}`).
 SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
@@ -343,11 +347,14 @@ def _read_member(archive: Path, member: str) -> bytes:
         raise DataError(f"{archive.name} has no member {member}") from e
 
 
-def baseline_encoding(baseline: Baseline):
-    """A `tiktoken.Encoding` built from rank files shipped in PyPI packages (no tiktoken network cache)."""
-    import tiktoken
-
+def _rank_file(baseline: Baseline) -> bytes:
+    """The verified rank file, extracted once into the cache (the archive is only fetched when it is missing)."""
     spec = _BASELINES[baseline]
+    cached = cache_dir("tiktoken") / f"{baseline.value}.tiktoken"
+    if cached.is_file():
+        data = cached.read_bytes()
+        if hashlib.sha256(data).hexdigest() == spec.sha256:
+            return data
     pkg = spec.package
     archive = fetch_pypi_package(pkg.name, pkg.version, pkg.sha256, sdist=pkg.sdist)
     data = _read_member(archive, spec.member)
@@ -356,6 +363,16 @@ def baseline_encoding(baseline: Baseline):
     got = hashlib.sha256(data).hexdigest()
     if got != spec.sha256:
         raise DataError(f"{spec.member} in {archive.name}: sha256 {got} != expected {spec.sha256}")
+    atomic_write_bytes(cached, data)
+    return data
+
+
+def baseline_encoding(baseline: Baseline) -> tiktoken.Encoding:
+    """A `tiktoken.Encoding` built from rank files shipped in PyPI packages (no tiktoken network cache)."""
+    import tiktoken
+
+    spec = _BASELINES[baseline]
+    data = _rank_file(baseline)
     ranks = {}
     for line in data.splitlines():
         if line:

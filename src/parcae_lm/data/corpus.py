@@ -47,12 +47,12 @@ class Corpus:
 def split_tail(text: str, fraction: float) -> tuple[str, str]:
     """Split `text` into (head, tail) with the tail about `fraction` of the characters, starting at a line start.
 
-    The cut is the first line start at or after `(1 - fraction) * len(text)`, or the last one before it if
-    there is none; `head + tail == text` always holds.
+    The cut is the first line start at or after `len(text) - floor(fraction * len(text))` (so the tail is at
+    most `fraction` of the text), or the last line start before it if there is none; `head + tail == text`.
     """
     if not 0.0 < fraction < 1.0:
         raise DataError(f"split fraction must be in (0, 1), got {fraction}")
-    target = int(len(text) * (1.0 - fraction))
+    target = len(text) - int(len(text) * fraction)
     cut = text.find("\n", max(target - 1, 0)) + 1  # the line start at or after target
     if cut <= 0 or cut >= len(text):
         cut = text.rfind("\n", 0, max(target - 1, 0)) + 1  # else the last line start before it
@@ -147,7 +147,8 @@ def iter_jsonl(path: Path, field: str = TEXT_FIELD) -> Iterator[str]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(
-                    f"{path} is not UTF-8: invalid byte at byte offset {line_offset + e.start} (line {lineno})"
+                    f"{path} is not UTF-8: invalid byte 0x{raw[e.start]:02x} at byte offset "
+                    f"{line_offset + e.start} (line {lineno})"
                 ) from e
             try:
                 record = json.loads(line)
@@ -202,23 +203,29 @@ def _files_under(path: Path) -> list[Path]:
 def iter_documents(paths: Iterable[str | Path]) -> Iterator[str]:
     """Documents from files or directories (searched recursively, sorted), chosen by suffix:
     .txt/.md = one document per file, .jsonl/.json = JSON lines with a `text` field, .parquet = `text` column.
+
+    Missing paths and unknown file types are reported here, before any document is read.
     """
     paths = [Path(p) for p in paths]
     if not paths:
         raise DataError("no input paths given")
-    for p in paths:  # fail before any work is done
+    files = []
+    for p in paths:
         if not p.exists():
             raise DataError(f"input path {p} does not exist")
-    for p in paths:
-        for f in _files_under(p) if p.is_dir() else [p]:
-            if f.suffix in TEXT_SUFFIXES:
-                yield read_text_file(f)
-            elif f.suffix in JSONL_SUFFIXES:
-                yield from iter_jsonl(f)
-            elif f.suffix in PARQUET_SUFFIXES:
-                yield from iter_parquet(f)
-            else:
-                raise DataError(
-                    f"{f}: unknown file type {f.suffix!r} "
-                    f"(expected {TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES})"
-                )
+        files += _files_under(p) if p.is_dir() else [p]
+    known = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
+    for f in files:
+        if f.suffix not in known:
+            raise DataError(f"{f}: unknown file type {f.suffix!r} (expected one of {known})")
+    return _iter_files(files)
+
+
+def _iter_files(files: list[Path]) -> Iterator[str]:
+    for f in files:
+        if f.suffix in TEXT_SUFFIXES:
+            yield read_text_file(f)
+        elif f.suffix in JSONL_SUFFIXES:
+            yield from iter_jsonl(f)
+        else:
+            yield from iter_parquet(f)
