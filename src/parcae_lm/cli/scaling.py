@@ -73,6 +73,14 @@ def _register_fit(subparsers) -> None:
     q.add_argument("--ci", type=float, default=0.95, help="confidence level (default: 0.95)")
     q.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     q.add_argument(
+        "--bootstrap",
+        type=F.Bootstrap,
+        choices=list(F.Bootstrap),
+        default=F.Bootstrap.RUNS,
+        metavar="{" + ",".join(b.value for b in F.Bootstrap) + "}",
+        help="resample runs within each budget (default) or the parabola residuals",
+    )
+    q.add_argument(
         "--max-extrapolation",
         type=float,
         default=1.5,
@@ -119,6 +127,7 @@ def fit_isoflop_cmd(args) -> int:
             ci=args.ci,
             seed=args.seed,
             max_extrapolation=args.max_extrapolation,
+            bootstrap=args.bootstrap,
         )
         results[col] = fit.to_dict()
         md.append(fit.to_markdown())
