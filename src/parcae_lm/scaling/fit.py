@@ -836,20 +836,29 @@ def fit_test_time(
     )
 
 
+def _group_label(value: object) -> str:
+    """Numbers as '%g' so that 4, 4.0 and "4" (CSV) name the same group; anything else as str."""
+    try:
+        return f"{float(value):g}"  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(value)
+
+
 def fit_test_time_groups(
     steps: np.ndarray, loss: np.ndarray, groups: Sequence[object] | None, *, group_column: str | None
 ) -> TestTimeFits:
     """One `fit_test_time` per distinct value of `groups` (all rows form one group if None)."""
     if groups is None:
         return TestTimeFits(None, [fit_test_time(steps, loss, label="all")])
-    keys = list(dict.fromkeys(groups))
-    with contextlib.suppress(TypeError, ValueError):  # numeric groups (e.g. μ_rec) in numeric order
-        keys.sort(key=float)  # type: ignore[arg-type]
-    labels = np.array([str(g) for g in groups])
+    labels = [_group_label(g) for g in groups]
+    keys = list(dict.fromkeys(labels))
+    with contextlib.suppress(ValueError):  # numeric groups (e.g. μ_rec) in numeric order
+        keys.sort(key=float)
+    labels_a = np.array(labels)
     steps, loss = np.asarray(steps), np.asarray(loss)
     fits = []
     for key in keys:
-        mask = labels == str(key)
+        mask = labels_a == key
         fits.append(fit_test_time(steps[mask], loss[mask], label=f"{group_column}={key}"))
     return TestTimeFits(group_column, fits)
 
