@@ -6,11 +6,12 @@ Four fits, each returning a dataclass with `to_dict()` (JSON-ready) and `to_mark
    ln(x) (x = mean recurrence μ_rec, or tokens D) locates the optimum x*(C) at its vertex. Then
    x* = k·C^a is fitted by least squares in log-log space. Confidence intervals come from a seeded
    bootstrap: resample the runs within each budget with replacement (or, optionally, the parabola's
-   residuals), refit every parabola and the power law, report median and percentile interval. The paper finds μ_rec* ∝ C^0.40 and
-   D* ∝ C^0.78 (§5.2).
+   residuals), refit every parabola and the power law, report median and percentile interval. The
+   paper finds μ_rec* ∝ C^0.40 and D* ∝ C^0.78 (§5.2).
 2. `fit_parametric` - the Chinchilla-style law of Eq. 7, L̂ = E + A·N_eff^(−α) + B·D^(−β), with
-   N_eff = `effective_params(...)`. Fitted as Hoffmann et al. (2022) and the paper do: Huber loss on
-   log-loss residuals, a bounded quasi-Newton/trust-region solver, best of many initialisations.
+   N_eff = `effective_params(...)`. Fitted like Hoffmann et al. (2022) and the paper: Huber loss on
+   log-loss residuals, best of many initialisations (they use L-BFGS; we use a bounded trust-region
+   solver on the same objective, see `_fit_lse_huber`).
 3. `fit_test_time` - the per-model test-time law of §5.3, L(T) = L∞ + Z·exp(−z·T), by nonlinear least
    squares with standard errors and R².
 4. `fit_unified` - the unified law of Eqs. 4/8, L̂(T | μ_rec, D) = E + X·N(μ_rec)^(−x) + Y·D^(−y)
