@@ -238,9 +238,9 @@ def prepare(
     dtype = token_dtype(tokenizer.vocab_size)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    bar = tqdm(desc=f"tokenizing -> {out_dir.name}", unit="B", unit_scale=True, disable=not progress)
     try:
         writers = {s: _ShardWriter(tmp, s, dtype, shard_tokens) for s in Split}
-        bar = tqdm(desc=f"tokenizing -> {out_dir.name}", unit="B", unit_scale=True, disable=not progress)
         docs_done = 0
 
         def encode_into(split: Split, batch: list[str]) -> None:
@@ -292,6 +292,7 @@ def prepare(
         atomic_write_text(tmp / MANIFEST, manifest.to_json())
         _replace_dir(tmp, out_dir)
     except BaseException:
+        bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
