@@ -324,7 +324,7 @@ def test_run_table_reading_and_errors(tmp_path):
 def test_cli_isoflop_and_parametric(tmp_path, capsys):
     write_csv(tmp_path / "runs.csv", isoflop_rows(sigma=0.002))
     out = tmp_path / "out"
-    assert main(["fit", "isoflop", str(tmp_path / "runs.csv"), "--out", str(out), "--n-boot", "200"]) == 0
+    assert main(["fit", "isoflop", str(tmp_path / "runs.csv"), "--out", str(out), "--n-boot", "100"]) == 0
     report = json.loads((out / "isoflop.json").read_text())
     mu_law = report["result"]["mean_recurrence"]["power_law"]
     d_law = report["result"]["tokens"]["power_law"]
