@@ -61,7 +61,7 @@ class DiagonalInjection(nn.Module):
         return h * self.state_matrix().to(h.dtype) + u
 
     def spectral_radius(self) -> float:
-        return float(self.state_matrix().max())
+        return float(self.state_matrix().detach().max())
 
 
 class LinearInjection(nn.Module):

@@ -25,7 +25,7 @@ from parcae_lm.config import ParcaeConfig, StateInit
 from parcae_lm.model.injection import make_injection
 from parcae_lm.model.layers import AttnContext, Block, has_value_embedding, init_block, init_matrix, make_norm
 from parcae_lm.model.lm import LanguageModel
-from parcae_lm.model.recurrence import Depths, DepthShard, sample_depths
+from parcae_lm.model.recurrence import Depths, DepthShard, mix_seed, sample_depths
 
 
 class Parcae(LanguageModel):
@@ -201,8 +201,9 @@ class Parcae(LanguageModel):
             rows = []
             for r in range(B):
                 row = self.depth_shard.index * B + r
-                seed = (cfg.state_init_seed * 1_000_003 + self.step) * 65_537 + row
-                g = torch.Generator(device=e.device).manual_seed(seed % (2**63 - 1))
+                g = torch.Generator(device=e.device).manual_seed(
+                    mix_seed(cfg.state_init_seed, self.step, row)
+                )
                 rows.append(self._draw_state((T, d_r), g, e.device))
             return torch.stack(rows).to(e.dtype)
         key = (str(e.device), e.dtype)

@@ -1,0 +1,170 @@
+"""Throughput benchmarks: tokens/s, MFU against the matmul peak measured in the same process, peak memory.
+
+MFU = (model FLOPs per token × tokens/s) ÷ peak, where the peak is the best fp32 (CPU) or bf16 (CUDA)
+matmul throughput measured here on square matrices; model FLOPs follow `parcae_lm.flops` with the
+depths actually run.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from parcae_lm.config import ModelConfig, ParcaeConfig, SamplingScheme
+from parcae_lm.flops import training_flops
+from parcae_lm.model import build_model
+
+
+def matmul_peak_flops(device: str | torch.device = "cpu", size: int = 2048, seconds: float = 1.0) -> float:
+    """Best sustained FLOP/s of an n×n matmul (fp32 on CPU, bf16 on CUDA), over ~`seconds`."""
+    device = torch.device(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    for _ in range(2):
+        a @ b  # warm up
+    while time.perf_counter() < deadline:
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = max(best, 2 * size**3 / (time.perf_counter() - t0))
+    return best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+@dataclass
+class TrainBenchResult:
+    config: str
+    params: int
+    batch_size: int
+    seq_len: int
+    threads: int
+    tokens_per_second: float
+    seconds_per_step: float
+    flops_per_token: float
+    achieved_flops: float
+    peak_flops: float
+    mfu: float
+    core_passes_per_step: float
+    peak_memory_mb: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def bench_training(
+    cfg: ModelConfig,
+    batch_size: int = 4,
+    seq_len: int = 256,
+    warmup: int = 2,
+    steps: int = 6,
+    device: str = "cpu",
+    compile: bool = False,
+) -> TrainBenchResult:
+    """Time forward+backward steps on random tokens (no optimizer step: this measures the model)."""
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    model = build_model(cfg).to(dev).train()
+    fwd = torch.compile(model) if compile else model
+    x = torch.randint(0, cfg.vocab_size, (batch_size, seq_len), device=dev)
+    y = torch.randint(0, cfg.vocab_size, (batch_size, seq_len), device=dev)
+    autocast = (
+        torch.autocast("cuda", torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
+    passes = 0.0
+
+    def step(i: int) -> None:
+        nonlocal passes
+        model.step = i
+        model.zero_grad(set_to_none=True)
+        with autocast:
+            loss = fwd(x, labels=y, return_logits=False)["loss"]
+        loss.backward()
+        if isinstance(cfg, ParcaeConfig):
+            passes += _core_passes(model, batch_size, seq_len)
+
+    for i in range(warmup):
+        step(i)
+    passes = 0.0
+    _sync(dev)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(1000 + i)
+    _sync(dev)
+    dt = (time.perf_counter() - t0) / steps
+    peak = matmul_peak_flops(dev)
+
+    if isinstance(cfg, ParcaeConfig):
+        # FLOPs of the depths actually run: row-passes per step / batch = mean per-sequence depth.
+        n_mean, k_mean = _mean_depths(model, steps, batch_size, seq_len)
+        flops_tok = training_flops(cfg, seq_len, n_mean, k_mean).per_token
+    else:
+        flops_tok = training_flops(cfg, seq_len).per_token
+    tps = batch_size * seq_len / dt
+    return TrainBenchResult(
+        config=cfg.name,
+        params=model.num_parameters(),
+        batch_size=batch_size,
+        seq_len=seq_len,
+        threads=torch.get_num_threads(),
+        tokens_per_second=tps,
+        seconds_per_step=dt,
+        flops_per_token=flops_tok,
+        achieved_flops=flops_tok * tps,
+        peak_flops=peak,
+        mfu=flops_tok * tps / peak,
+        core_passes_per_step=passes / steps,
+        peak_memory_mb=peak_memory_bytes(dev) / 2**20,
+    )
+
+
+def _mean_depths(model, steps: int, batch_size: int, seq_len: int) -> tuple[float, float]:
+    from parcae_lm.model.recurrence import sample_depths
+
+    ns, ks = [], []
+    for i in range(steps):
+        d = sample_depths(
+            model.config, 1000 + i, batch_size, seq_len, model.depth_shard, model.config.state_init_seed
+        )
+        ns.append(d.n.float().mean().item())
+        ks.append(d.k.float().mean().item())
+    return sum(ns) / steps, sum(ks) / steps
+
+
+def _core_passes(model, batch_size: int, seq_len: int) -> float:
+    """Core-block passes this step, in units of full-batch passes (Σ rows run / batch size)."""
+    from parcae_lm.model.recurrence import sample_depths
+
+    d = sample_depths(
+        model.config, model.step, batch_size, seq_len, model.depth_shard, model.config.state_init_seed
+    )
+    total = d.n + d.k
+    if total.dim() == 2:
+        total = d.n.amax(1) + d.k.amax(1)
+    return float(total.float().sum() / batch_size) if total.dim() else float(total)
+
+
+def bench_config(name: str = "parcae-tiny", **overrides) -> ParcaeConfig:
+    """The model-library benchmark: d=256, 4 heads, I=1024, 2/2/2, vocab 32768, seq 256, recurrence 4
+    fixed with 2 backprop steps."""
+    from parcae_lm.config import create_config
+
+    base = dict(vocab_size=32768, block_size=256, mean_recurrence=4, mean_backprop_depth=2)
+    base["sampling_scheme"] = SamplingScheme.FIXED
+    base.update(overrides)
+    return create_config(name, **base)
