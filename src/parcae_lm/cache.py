@@ -75,7 +75,8 @@ def fetch_pypi_package(name: str, version: str, sha256: str, *, sdist: bool = Fa
     stem = name.replace("-", "_").lower()
     with file_lock(dest / f".{stem}-{version}.lock"):
         for p in dest.iterdir():
-            if p.name.lower().replace("-", "_").startswith(f"{stem}-{version}") and not p.name.startswith("."):
+            # Wheels spell the name with "_", sdists with "-"; normalise both before comparing.
+            if p.name.lower().replace("-", "_").startswith(f"{stem}_{version}") and not p.name.startswith("."):
                 return p
         with tempfile.TemporaryDirectory(dir=dest, prefix=".dl-") as tmp:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp]
