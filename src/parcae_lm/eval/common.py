@@ -57,11 +57,21 @@ def depth_label(model: torch.nn.Module, depth: int | None) -> str:
 
 
 @torch.no_grad()
-def forward_logits(model: torch.nn.Module, input_ids: torch.Tensor, num_steps: int | None) -> torch.Tensor:
-    """fp32 logits [B, T, V] at `num_steps` recurrences (bf16 autocast on CUDA, plain fp32 elsewhere)."""
+def forward_logits(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    num_steps: int | None,
+    doc_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """fp32 logits [B, T, V] at `num_steps` recurrences (bf16 autocast on CUDA, plain fp32 elsewhere).
+
+    `num_steps` is only passed to looped models (None = the model's default depth); `doc_ids` masks
+    attention to each token's own document."""
     kwargs: dict[str, Any] = {"return_logits": True}
     if num_steps is not None:
         kwargs["num_steps"] = num_steps
+    if doc_ids is not None:
+        kwargs["doc_ids"] = doc_ids
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if input_ids.device.type == "cuda"

