@@ -22,6 +22,7 @@ document; `parcae eval lambada` does the same, so both give the same LAMBADA num
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -61,6 +62,10 @@ class ParcaeLM(LM):
                 raise EvalError("model_args needs pretrained=DIR (a run or save_pretrained directory)")
             from parcae_lm.cli.eval import load_model_and_tokenizer
 
+            if device and device.startswith("cuda") and not torch.cuda.is_available():
+                # lm-eval's CLI asks for cuda by default; like its HF model, fall back to the CPU
+                warnings.warn(f"device {device!r} is not available; using cpu", stacklevel=2)
+                device = "cpu"
             model, tokenizer_obj = load_model_and_tokenizer(
                 Path(pretrained), Path(tokenizer) if tokenizer else None, device
             )
