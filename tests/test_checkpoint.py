@@ -67,8 +67,8 @@ def _reference_state_dict(model, prefix="") -> dict:
     """Keys and shapes of the reference: freqs_cis buffer, tied head under both keys, optional prefixes."""
     sd = {prefix + k: v.clone() for k, v in model.state_dict().items()}
     cfg = model.config
-    cos, sin = rope_table(cfg.block_size, cfg.head_size, cfg.rope_base, cfg.rope_condense_ratio)
-    sd[prefix + "freqs_cis"] = torch.stack((cos, sin), -1)[None, :, None]
+    freqs = rope_table(cfg.block_size, cfg.head_size, cfg.rope_base, cfg.rope_condense_ratio)
+    sd[prefix + "freqs_cis"] = torch.view_as_real(freqs)[None, :, None]  # [1, L, 1, D/2, 2] = (cos, sin)
     return sd
 
 

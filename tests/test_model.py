@@ -381,3 +381,53 @@ def test_parcae_config_roundtrips_through_dict():
     cfg = create_config("parcae-tiny", injection_type="linear", recurrent_iteration_method="per-token")
     again = from_dict(cfg.to_dict())
     assert again == cfg and isinstance(again, ParcaeConfig)
+
+
+def test_rope_rotates_interleaved_pairs():
+    from parcae_lm.model.layers import apply_rope, rope_table
+
+    x = torch.randn(2, 5, 3, 8)
+    out = apply_rope(x, rope_table(5, 8, 50000.0, 1.0))
+    pos = torch.arange(5.0)[:, None]
+    theta = pos * 50000.0 ** (-torch.arange(0, 8, 2) / 8)  # [T, D/2]
+    a, b = x[..., 0::2], x[..., 1::2]
+    cos, sin = theta.cos()[:, None], theta.sin()[:, None]
+    expected = torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_chunked_head_loss_and_grads_equal_plain_cross_entropy(softcap):
+    model = micro(init_strategy="scaled", logit_softcap=softcap).eval()
+    x = torch.randint(0, 97, (3, 11))
+    labels = x.clone()
+    labels[0, :4] = -100
+    chunked = model(x, labels=labels, return_logits=False, num_steps=2)["loss"]
+    chunked.backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    plain = model(x, labels=labels, return_logits=True, num_steps=2)
+    logits = plain["logits"]
+    ref = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
+    torch.testing.assert_close(plain["loss"], ref)
+    plain["loss"].backward()
+    torch.testing.assert_close(chunked, ref, rtol=1e-5, atol=1e-6)
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(ours[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_linear_cross_entropy_chunks_agree():
+    from parcae_lm.model.loss import linear_cross_entropy_sum
+
+    x = torch.randn(37, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    y = torch.randint(0, 50, (37,))
+    y[::5] = -100
+    total = linear_cross_entropy_sum(x, w, y, chunk=4)
+    gx, gw = torch.autograd.grad(2.0 * total, (x, w))
+    ref = torch.nn.functional.cross_entropy(x @ w.T, y, reduction="sum")
+    rx, rw = torch.autograd.grad(2.0 * ref, (x, w))
+    torch.testing.assert_close(total, ref)
+    torch.testing.assert_close(gx, rx, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gw, rw, rtol=1e-4, atol=1e-5)

@@ -50,6 +50,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     p.set_defaults(func=cmd_bench_train)
 
+    p = bench.add_parser(
+        "generate", help="prefill/decode tok/s, FLOP limit and peak memory of cached generation"
+    )
+    p.add_argument(
+        "model", nargs="?", default=None, help="model/run directory (default: random bench config)"
+    )
+    p.add_argument("--prompt-len", type=int, default=256)
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes")
+    p.add_argument(
+        "--num-steps", type=int, default=None, help="test-time recurrence (default mean_recurrence)"
+    )
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.set_defaults(
+        func=lambda args: __import__("parcae_lm.infer.bench", fromlist=["x"]).cmd_bench_generate(args)
+    )
+
 
 def parse_overrides(items: list[str]) -> dict:
     """KEY=VALUE pairs; values are parsed as JSON when possible (numbers, true/false, null), else strings."""

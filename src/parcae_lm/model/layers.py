@@ -49,41 +49,37 @@ def activation(kind: Activation, x: Tensor) -> Tensor:
 # Rotary embeddings: pairs (x[2i], x[2i+1]) rotated by angle pos/condense · base^(−2i/D).
 
 
-def rope_table(
-    length: int, head_size: int, base: float, condense: float, device=None
-) -> tuple[Tensor, Tensor]:
-    """cos and sin tables of shape [length, head_size/2], fp32."""
+def rope_table(length: int, head_size: int, base: float, condense: float, device=None) -> Tensor:
+    """Rotations e^{iθ} for positions 0..length−1 as a complex64 tensor [length, head_size/2]."""
     inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float64, device=device) / head_size)
     pos = torch.arange(length, dtype=torch.float64, device=device) / condense
-    angles = torch.outer(pos, inv_freq)
-    return angles.cos().float(), angles.sin().float()
+    angles = torch.outer(pos, inv_freq).float()
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x: [B, T, H, D]; cos/sin: [T, D/2] or [B, T, D/2]."""
-    xf = x.float().unflatten(-1, (-1, 2))
-    a, b = xf[..., 0], xf[..., 1]
-    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
-    return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2).type_as(x)
+def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
+    """x: [B, T, H, D]; freqs: [T, D/2] or [B, T, D/2] complex. The pair (a, b) is the number a + ib,
+    so one complex multiply gives (a cos − b sin, b cos + a sin), computed in fp32."""
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * freqs.unsqueeze(-2)).flatten(-2).type_as(x)
 
 
 @dataclass
 class AttnContext:
-    """Per-forward attention inputs shared by all blocks of one width: RoPE tables and the mask.
+    """Per-forward attention inputs shared by all blocks of one width: RoPE rotations and the mask.
 
     `mask` is None for plain causal attention, else a bool tensor [B, 1, Tq, Tk] (True = attend).
     """
 
-    cos: Tensor
-    sin: Tensor
+    freqs: Tensor
     mask: Tensor | None = None
 
     def rows(self, sl: slice | Tensor) -> AttnContext:
         """The same context restricted to a subset of batch rows (for depth-dependent execution)."""
-        if self.mask is None and self.cos.dim() == 2:
+        if self.mask is None and self.freqs.dim() == 2:
             return self
-        cos, sin = (self.cos, self.sin) if self.cos.dim() == 2 else (self.cos[sl], self.sin[sl])
-        return AttnContext(cos, sin, None if self.mask is None else self.mask[sl])
+        freqs = self.freqs if self.freqs.dim() == 2 else self.freqs[sl]
+        return AttnContext(freqs, None if self.mask is None else self.mask[sl])
 
 
 class CausalSelfAttention(nn.Module):
@@ -105,7 +101,7 @@ class CausalSelfAttention(nn.Module):
         if ve is not None and self.ve_gate is not None:
             gate = 2.0 * torch.sigmoid(self.ve_gate(x[..., :VE_GATE_CHANNELS]))  # [B, T, n_kv] in (0, 2)
             v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv, self.head_size)
-        q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        q, k = apply_rope(q, ctx.freqs), apply_rope(k, ctx.freqs)
         if self.qk_norm:
             q = F.rms_norm(q, (self.head_size,))
             k = F.rms_norm(k, (self.head_size,))

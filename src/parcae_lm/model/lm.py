@@ -9,8 +9,7 @@ from torch import Tensor, nn
 
 from parcae_lm.config import ModelConfig
 from parcae_lm.model.layers import AttnContext, init_matrix, rope_table
-
-IGNORE_INDEX = -100
+from parcae_lm.model.loss import IGNORE_INDEX, linear_cross_entropy_sum
 
 
 class LanguageModel(nn.Module):
@@ -19,7 +18,7 @@ class LanguageModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self._rope_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._rope_cache: dict[tuple, Tensor] = {}
 
     # -- inputs -----------------------------------------------------------------------------------
     def attn_context(
@@ -38,14 +37,14 @@ class LanguageModel(nn.Module):
             self._rope_cache[key] = rope_table(
                 cfg.block_size, head_size, cfg.rope_base, cfg.rope_condense_ratio, device
             )
-        cos, sin = self._rope_cache[key]
+        freqs = self._rope_cache[key]
         if position_ids is not None:
-            return AttnContext(cos[position_ids], sin[position_ids], mask)
+            return AttnContext(freqs[position_ids], mask)
         if offset + seq_len > cfg.block_size:
             raise ValueError(
                 f"sequence of {offset + seq_len} positions exceeds block_size={cfg.block_size} of this model"
             )
-        return AttnContext(cos[offset : offset + seq_len], sin[offset : offset + seq_len], mask)
+        return AttnContext(freqs[offset : offset + seq_len], mask)
 
     @staticmethod
     def attention_mask(
@@ -68,6 +67,14 @@ class LanguageModel(nn.Module):
 
     # -- head -------------------------------------------------------------------------------------
     def head(self, y: Tensor, labels: Tensor | None, return_logits: bool) -> dict[str, Tensor | None]:
+        if labels is not None and not return_logits:
+            # Training path: chunked fused head + loss, never holding [tokens, vocab] fp32 logits.
+            flat = labels.reshape(-1)
+            nll = linear_cross_entropy_sum(
+                y.reshape(-1, y.shape[-1]), self.lm_head.weight, flat, softcap=self.config.logit_softcap
+            )
+            loss = nll / (flat != IGNORE_INDEX).sum().clamp_min(1)
+            return {"loss": loss, "logits": None, "log_ppl": loss.detach()}
         logits = self.lm_head(y).float()
         if self.config.logit_softcap is not None:
             c = self.config.logit_softcap
