@@ -431,3 +431,16 @@ def test_linear_cross_entropy_chunks_agree():
     torch.testing.assert_close(total, ref)
     torch.testing.assert_close(gx, rx, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(gw, rw, rtol=1e-4, atol=1e-5)
+
+
+def test_activation_checkpointing_gives_identical_gradients():
+    x = torch.randint(0, 97, (4, 10))
+    grads = []
+    for ckpt in (False, True):
+        model = micro(init_strategy="scaled", recurrent_iteration_method="per-sequence").train()
+        model.gradient_checkpointing = ckpt
+        model.step = 2
+        model(x, labels=x)["loss"].backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7, msg=n)

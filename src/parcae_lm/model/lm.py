@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from parcae_lm.config import ModelConfig
-from parcae_lm.model.layers import AttnContext, init_matrix, rope_table
+from parcae_lm.model.layers import AttnContext, Block, init_matrix, rope_table
 from parcae_lm.model.loss import IGNORE_INDEX, linear_cross_entropy_sum
 
 
@@ -116,6 +116,13 @@ class LanguageModel(nn.Module):
             seen.add(id(p))
             total += p.numel()
         return total
+
+    def compile_blocks(self, **kwargs) -> None:
+        """torch.compile every transformer block in place. The loop over iterations (whose length and
+        active rows vary per step) stays in Python; each block compiles once per input shape."""
+        for module in self.modules():
+            if isinstance(module, Block):
+                module.compile(**kwargs)
 
     @property
     def device(self) -> torch.device:

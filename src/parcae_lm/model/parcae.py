@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from parcae_lm.config import ParcaeConfig, StateInit
 from parcae_lm.model.injection import make_injection
@@ -76,6 +77,7 @@ class Parcae(LanguageModel):
         self.step = 0  # training step: seeds depth sampling and the initial state
         self.depth_shard = DepthShard()  # this forward's slice of the global batch (DDP / accumulation)
         self.track_diagnostics = False
+        self.gradient_checkpointing = False  # recompute each grad iteration in backward (saves memory)
         self._diagnostics: dict[str, Tensor] = {}
         self._state_tables: dict[tuple, Tensor] = {}
         self.reset_parameters()
@@ -242,6 +244,12 @@ class Parcae(LanguageModel):
             x = block(x, ctx, ves[i], slot)
         return x
 
+    def _iterate(self, h: Tensor, u: Tensor, ves: list[Tensor | None], ctx: AttnContext) -> Tensor:
+        """core_step for training, with per-iteration activation checkpointing when enabled."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self.core_step, h, u, ves, ctx, use_reentrant=False)
+        return self.core_step(h, u, ves, ctx)
+
     def _recur(
         self, h: Tensor, u: Tensor, ves: list[Tensor | None], ctx: AttnContext, depths: Depths, kv_cache=None
     ) -> Tensor:
@@ -253,7 +261,10 @@ class Parcae(LanguageModel):
             with torch.set_grad_enabled(with_grad and grad_on):
                 if steps.dim() == 0:
                     for j in range(int(steps)):
-                        new = self.core_step(h, u, ves, ctx, kv_cache, done + j)
+                        if kv_cache is None:
+                            new = self._iterate(h, u, ves, ctx)
+                        else:
+                            new = self.core_step(h, u, ves, ctx, kv_cache, done + j)
                         if tracking:
                             residual = _rel_residual(new, h)
                         h = new
@@ -292,7 +303,7 @@ class Parcae(LanguageModel):
         ]
         for j, m in enumerate(active_rows):
             part = slice(0, m)
-            new = self.core_step(h[:m], u[:m], [None if v is None else v[:m] for v in ves], ctx.rows(part))
+            new = self._iterate(h[:m], u[:m], [None if v is None else v[:m] for v in ves], ctx.rows(part))
             if steps.dim() == 2:  # per-token depths: exhausted tokens keep their state
                 keep = (steps[:m] > j).unsqueeze(-1).to(h.device)
                 new = torch.where(keep, new, h[:m])
