@@ -1,0 +1,753 @@
+"""The training loop: gradient accumulation, MuonAdamW with schedules, validation at several depths,
+telemetry, atomic checkpoints with bitwise resume, and the run directory.
+
+`train(cfg)` runs the whole job (also under torchrun) and returns the summary that it writes to
+`summary.json`. The step itself never waits on the device except at the logging interval (loss, grad
+norm and the non-finite flag stay on device until then), and a non-finite loss or gradient stops the run
+with a TrainingError *before* anything is saved, so the last checkpoint on disk is always a good one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from parcae_lm.cache import atomic_write_text
+from parcae_lm.checkpoint import save_pretrained
+from parcae_lm.config import create_config
+from parcae_lm.errors import ConfigError, TrainingError
+from parcae_lm.model.recurrence import DepthShard
+from parcae_lm.train import checkpoint as ckpt
+from parcae_lm.train.config import Precision, RunConfig, Strategy, coerce_model_overrides
+from parcae_lm.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    destroy_distributed,
+    init_distributed,
+    no_grad_sync,
+    unwrap,
+    wrap_model,
+)
+from parcae_lm.train.optim import MuonAdamW, lr_factor, muon_momentum, muon_weight_decay
+from parcae_lm.train.telemetry import MetricsLogger, measure_matmul_peak, plot_curves
+
+FINAL_RESERVE_MARGIN_S = 10.0  # seconds kept free in a time budget for saving, samples, plots
+
+
+# ---------------------------------------------------------------------- setup helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_context(precision: Precision, device: torch.device):
+    use_bf16 = precision == Precision.BF16 or (precision == Precision.AUTO and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def prepare_data(cfg: RunConfig, info: DistInfo) -> tuple[Path, Path]:
+    """(tokenizer_dir, shard_dir): the configured ones, or the default corpus built once (rank 0 first)."""
+    if cfg.shard_dir is not None:
+        shard_dir, tok_dir = Path(cfg.shard_dir), Path(cfg.tokenizer_dir)
+        if not shard_dir.is_dir():
+            raise ConfigError(f"shard_dir {shard_dir} does not exist")
+        if not tok_dir.is_dir():
+            raise ConfigError(f"tokenizer_dir {tok_dir} does not exist")
+        return tok_dir, shard_dir
+    from parcae_lm.data import prepare_default
+
+    if info.is_main:  # other ranks wait, then find it cached (prepare_default also holds a file lock)
+        prepare_default(None, cfg.vocab_size, progress=cfg.progress)
+    barrier()
+    tok_dir, shard_dir = prepare_default(None, cfg.vocab_size, progress=False)
+    return Path(tok_dir), Path(shard_dir)
+
+
+def build_model_config(cfg: RunConfig, vocab_size: int):
+    cls = type(create_config(cfg.model_name))
+    overrides = coerce_model_overrides(cfg.model, cls)
+    overrides.setdefault("vocab_size", vocab_size)
+    overrides.setdefault("block_size", cfg.seq_len)
+    mcfg = create_config(cfg.model_name, **overrides)
+    if mcfg.vocab_size < vocab_size:
+        raise ConfigError(f"model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's {vocab_size}")
+    if mcfg.block_size < cfg.seq_len:
+        raise ConfigError(f"model.block_size={mcfg.block_size} is shorter than seq_len={cfg.seq_len}")
+    return mcfg
+
+
+def eval_depths(cfg: RunConfig, mcfg) -> list[int | None]:
+    """Validation depths: the configured ones plus the mean recurrence (Parcae); [None] for GPT."""
+    if not getattr(mcfg, "is_parcae", False):
+        return [None]
+    return sorted(set(cfg.val_depths) | {int(mcfg.mean_recurrence)})
+
+
+def flops_per_token(mcfg, seq_len: int, model: nn.Module) -> float:
+    """Training FLOPs/token (paper accounting) from parcae_lm.flops; 6N + attention if it is missing."""
+    try:
+        from parcae_lm.flops import flops_per_token as paper_flops
+    except ImportError:
+        paper_flops = None
+    if paper_flops is not None:
+        return float(paper_flops(mcfg, seq_len))
+    n = sum(p.numel() for p in model.parameters()) - mcfg.padded_vocab_size * mcfg.n_embd
+    return 6.0 * n + 12.0 * mcfg.n_embd * seq_len * getattr(mcfg, "n_layer", 1)
+
+
+# ---------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    shard_dir: Path,
+    depths: list[int | None],
+    batch_size: int,
+    seq_len: int,
+    token_bytes: torch.Tensor,
+    info: DistInfo,
+    precision: Precision,
+    max_batches: int | None,
+    split: str = "val",
+) -> dict[str, float]:
+    """Mean validation loss (nats/token) and bits per byte at each depth, over the split (or its first
+    `max_batches` batches), sharded round-robin over ranks and summed across them."""
+    from parcae_lm.data.loader import iter_eval_batches
+
+    model = _eval_module(model)
+    was_training = model.training
+    model.eval()
+    token_bytes = token_bytes.to(info.device)
+    results: dict[str, float] = {}
+    for depth in depths:
+        totals = torch.zeros(3, dtype=torch.float64, device=info.device)  # nats, tokens, bytes
+        n_local, n_seen = 0, 0
+        first = None
+        for i, batch in enumerate(iter_eval_batches(shard_dir, split, batch_size, seq_len)):
+            if max_batches is not None and i >= max_batches:
+                break
+            n_seen += 1
+            first = batch if first is None else first
+            if i % info.world_size != info.rank:
+                continue
+            totals += _eval_batch(model, batch, depth, token_bytes, info, precision)
+            n_local += 1
+        # A sharded (FSDP) model needs every rank in every forward: short ranks run discarded batches.
+        for _ in range(math.ceil(n_seen / info.world_size) - n_local):
+            _eval_batch(model, first, depth, token_bytes, info, precision)
+        all_reduce_sum(totals)
+        nats, tokens, nbytes = totals.tolist()
+        if tokens == 0:
+            raise TrainingError(f"validation split {split!r} in {shard_dir} produced no tokens")
+        suffix = "" if depth is None else f"_d{depth}"
+        results[f"loss{suffix}"] = nats / tokens
+        results[f"bpb{suffix}"] = nats / math.log(2) / nbytes if nbytes > 0 else float("nan")
+    model.train(was_training)
+    return results
+
+
+def _eval_module(model: nn.Module) -> nn.Module:
+    # DDP adds collectives (buffer broadcast) to every forward; evaluation needs none, so use the module.
+    inner = unwrap(model)
+    return model if hasattr(inner, "set_requires_gradient_sync") else inner  # FSDP2 must stay sharded
+
+
+def _eval_batch(model, batch, depth, token_bytes, info, precision) -> torch.Tensor:
+    x, y = batch[0].to(info.device), batch[1].to(info.device)
+    doc_ids = batch[2].to(info.device) if len(batch) > 2 else None
+    with autocast_context(precision, info.device):
+        out = model(x, labels=y, return_logits=False, num_steps=depth, doc_ids=doc_ids)
+    mask = y != -100
+    count = mask.sum()
+    nbytes = token_bytes[y[mask]].sum()
+    return torch.stack([out["loss"].double() * count, count.double(), nbytes.double()])
+
+
+# ---------------------------------------------------------------------- the run
+
+
+@dataclass
+class Budget:
+    max_steps: int | None  # None: time-limited
+    train_seconds: float | None
+
+    def progress(self, step: int, train_elapsed: float) -> float:
+        if self.max_steps is not None:
+            return step / self.max_steps
+        return train_elapsed / self.train_seconds
+
+    def step_fraction(self, last_step_seconds: float) -> float:
+        if self.max_steps is not None:
+            return 1.0 / self.max_steps
+        return last_step_seconds / self.train_seconds
+
+    def done(self, step: int, train_elapsed: float) -> bool:
+        if self.max_steps is not None:
+            return step >= self.max_steps
+        return train_elapsed >= self.train_seconds
+
+
+@dataclass
+class TrainerState:
+    step: int = 0  # optimizer steps done
+    micro_step: int = 0  # micro-batches done on this rank
+    tokens: int = 0  # training tokens consumed, all ranks
+    train_elapsed: float = 0.0  # seconds inside the training loop (excluding evals and saves)
+    train_seconds: float | None = None  # the time budget, fixed at the first launch
+    best_val_bpb: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def default_run_name(config_name: str) -> str:
+    return f"{config_name}-{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(cfg: RunConfig, config_name: str = "run", start_time: float | None = None) -> RunResult:
+    """Run the training job described by `cfg` (single process or under torchrun)."""
+    t_start = start_time if start_time is not None else time.time()
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, config_name, t_start, info)
+    finally:
+        destroy_distributed()
+
+
+def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> RunResult:
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    if info.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    run_name = broadcast_object(cfg.run_name or default_run_name(config_name))
+    cfg = dataclasses.replace(cfg, run_name=run_name)
+    run_dir = Path(cfg.out_dir) / run_name
+    ckpt_dir = run_dir / "checkpoints"
+    resume_from = ckpt.latest_checkpoint(ckpt_dir) if cfg.resume else None
+    if not cfg.resume and ckpt.list_checkpoints(ckpt_dir):
+        raise ConfigError(
+            f"run directory {run_dir} already has checkpoints; pass --resume true to continue it, or choose "
+            "another --run_name"
+        )
+    grad_accum = cfg.grad_accum_steps(info.world_size)
+    log = _Printer(info.is_main)
+
+    # --- data and tokenizer -------------------------------------------------------------------
+    from parcae_lm.data.loader import TokenLoader
+    from parcae_lm.tokenizer import Tokenizer
+
+    tok_dir, shard_dir = prepare_data(cfg, info)
+    tokenizer = Tokenizer.load(tok_dir)
+    token_bytes = torch.as_tensor(tokenizer.token_bytes(), dtype=torch.long)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(run_dir / "tokenizer")
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    barrier()
+
+    # --- model and optimizer ------------------------------------------------------------------
+    seed_everything(cfg.seed)
+    mcfg = build_model_config(cfg, tokenizer.vocab_size)
+    raw = mcfg.construct_model().to(info.device)
+    n_params = sum(p.numel() for p in raw.parameters())
+    fpt = flops_per_token(mcfg, cfg.seq_len, raw)
+    model = wrap_model(raw, cfg.strategy, info)
+    optimizer = MuonAdamW(unwrap(model), cfg)
+    if cfg.compile:
+        model = torch.compile(model)
+    depths = eval_depths(cfg, mcfg)
+    compat = {
+        "model_config": mcfg.to_dict(),
+        "seq_len": cfg.seq_len,
+        "global_batch_size": cfg.global_batch_size,
+        "micro_batch_size": cfg.micro_batch_size,
+        "world_size": info.world_size,
+        "seed": cfg.seed,
+        "shard_dir": str(shard_dir),
+    }
+
+    # --- budget --------------------------------------------------------------------------------
+    max_steps = _max_steps(cfg, fpt, n_params)
+    loader = TokenLoader(
+        shard_dir,
+        "train",
+        cfg.micro_batch_size,
+        cfg.seq_len,
+        rank=info.rank,
+        world_size=info.world_size,
+        seed=cfg.seed,
+        shuffle=True,
+        with_doc_ids=cfg.doc_masking,
+    )
+    state = TrainerState()
+    if resume_from is not None:
+        trainer_state, loader_state = ckpt.load_checkpoint(
+            resume_from, unwrap(model), optimizer.optimizers, compat, info.rank, info.world_size
+        )
+        state = TrainerState(**trainer_state)
+        loader.load_state_dict(loader_state)
+        log(f"resumed from {resume_from} at step {state.step}")
+    elif cfg.resume:
+        log(f"no checkpoint in {ckpt_dir}: starting from scratch")
+
+    peak = measure_matmul_peak(info.device)
+    eval_bs = cfg.eval_batch_size or cfg.micro_batch_size
+    if max_steps is None and state.train_seconds is None:
+        reserve = _final_reserve(model, shard_dir, depths, eval_bs, cfg, token_bytes, info)
+        budget_s = cfg.max_time_minutes * 60.0 - (time.time() - t_start) - reserve
+        if budget_s <= 0:
+            raise ConfigError(
+                f"max_time_minutes={cfg.max_time_minutes} leaves no time to train: data preparation took "
+                f"{time.time() - t_start:.0f}s and the final evaluation needs about {reserve:.0f}s"
+            )
+        state.train_seconds = broadcast_object(budget_s)
+    budget = Budget(max_steps=max_steps, train_seconds=state.train_seconds)
+    log(
+        f"run {run_dir}: {type(raw).__name__} {mcfg.name} {n_params / 1e6:.2f}M params, "
+        f"{info.world_size} rank(s) x {cfg.micro_batch_size} seqs x {grad_accum} accum = {cfg.global_batch_size} "
+        f"seqs x {cfg.seq_len} tokens/step; "
+        + (f"{max_steps} steps" if max_steps is not None else f"{budget.train_seconds:.0f}s of training")
+        + f"; device {info.device}, matmul peak {peak / 1e9:.1f} GFLOP/s"
+    )
+
+    metrics = (
+        MetricsLogger(
+            run_dir,
+            tensorboard=cfg.tensorboard,
+            wandb=cfg.wandb,
+            wandb_project=cfg.wandb_project,
+            run_name=run_name,
+            config=cfg.to_dict(),
+            resume_step=state.step if resume_from is not None else None,
+        )
+        if info.is_main
+        else None
+    )
+    try:
+        _loop(
+            cfg,
+            model,
+            raw,
+            optimizer,
+            loader,
+            state,
+            budget,
+            grad_accum,
+            info,
+            metrics,
+            ckpt_dir,
+            compat,
+            depths,
+            shard_dir,
+            token_bytes,
+            fpt,
+            peak,
+            eval_bs,
+            log,
+        )
+        # --- final evaluation over the whole validation split, model, samples, plots ------------
+        t_eval = time.perf_counter()
+        final = evaluate(
+            model, shard_dir, depths, eval_bs, cfg.seq_len, token_bytes, info, cfg.precision, max_batches=None
+        )
+        eval_seconds = time.perf_counter() - t_eval
+        if metrics is not None:
+            metrics.log({"kind": "val", "step": state.step, "final": True, **final})
+    finally:
+        if metrics is not None:
+            metrics.close()
+    final_model = _full_model(model, raw, mcfg, cfg.strategy)
+    summary: dict[str, Any] = {}
+    if info.is_main:
+        save_pretrained(final_model, run_dir)
+        samples = write_samples(final_model, tokenizer, cfg, run_dir / "samples.txt")
+        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", f"{run_name} ({mcfg.name})")
+        main_depth = "" if depths == [None] else f"_d{int(mcfg.mean_recurrence)}"
+        summary = {
+            "run_dir": str(run_dir),
+            "model": mcfg.name,
+            "params": n_params,
+            "steps": state.step,
+            "tokens": state.tokens,
+            "train_seconds": round(state.train_elapsed, 2),
+            "tokens_per_second": round(state.tokens / max(state.train_elapsed, 1e-9), 1),
+            "flops_per_token": fpt,
+            "mfu": state.tokens / max(state.train_elapsed, 1e-9) * fpt / peak / info.world_size,
+            "matmul_peak_flops": peak,
+            "final_eval_seconds": round(eval_seconds, 2),
+            "total_seconds": round(time.time() - t_start, 2),
+            "val_loss": final[f"loss{main_depth}"],
+            "val_bpb": final[f"bpb{main_depth}"],
+            "val": final,
+            "world_size": info.world_size,
+            "paths": {
+                "config": str(run_dir / "config.yaml"),
+                "model": str(run_dir / "model.safetensors"),
+                "tokenizer": str(run_dir / "tokenizer"),
+                "checkpoints": str(ckpt_dir),
+                "metrics": str(run_dir / "metrics.jsonl"),
+                "curves": str(run_dir / "curves.png"),
+                "samples": str(run_dir / "samples.txt"),
+                "summary": str(run_dir / "summary.json"),
+            },
+            "samples": samples,
+        }
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    barrier()
+    return RunResult(run_dir=run_dir, summary=summary)
+
+
+def _max_steps(cfg: RunConfig, fpt: float, n_params: int) -> int | None:
+    if cfg.max_time_minutes is not None:
+        return None
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    if cfg.max_tokens is not None:
+        tokens = cfg.max_tokens
+    elif cfg.max_flops is not None:
+        tokens = cfg.max_flops / fpt
+    else:
+        tokens = cfg.token_to_param_ratio * n_params
+    steps = int(tokens // cfg.tokens_per_step)
+    if steps < 1:
+        raise ConfigError(
+            f"the budget gives {tokens:.3g} tokens, less than one step of {cfg.tokens_per_step} tokens"
+        )
+    return steps
+
+
+def _final_reserve(model, shard_dir, depths, eval_bs, cfg, token_bytes, info) -> float:
+    """Seconds the end of a time-limited run needs: one timed validation batch per depth x the number of
+    validation batches, plus a margin for saving, samples and plots."""
+    from parcae_lm.data.loader import iter_eval_batches
+
+    n_batches = sum(1 for _ in iter_eval_batches(shard_dir, "val", eval_bs, cfg.seq_len))
+    t = time.perf_counter()
+    evaluate(model, shard_dir, depths, eval_bs, cfg.seq_len, token_bytes, info, cfg.precision, max_batches=1)
+    per_batch = time.perf_counter() - t
+    # Interval evals run on eval_batches; the final one covers the split.
+    return per_batch * n_batches / info.world_size * 1.15 + FINAL_RESERVE_MARGIN_S
+
+
+def _loop(
+    cfg,
+    model,
+    raw,
+    optimizer,
+    loader,
+    state,
+    budget,
+    grad_accum,
+    info,
+    metrics,
+    ckpt_dir,
+    compat,
+    depths,
+    shard_dir,
+    token_bytes,
+    fpt,
+    peak,
+    eval_bs,
+    log,
+) -> None:
+    from tqdm.auto import tqdm
+
+    device = info.device
+    model.train()
+    params = [p for p in raw.parameters() if p.requires_grad]
+    data_iter = iter(loader)
+    bar = None
+    if info.is_main and cfg.progress:
+        if budget.max_steps is not None:
+            bar = tqdm(total=budget.max_steps, initial=state.step, unit="step", dynamic_ncols=True)
+        else:
+            bar = tqdm(
+                total=round(budget.train_seconds),
+                initial=round(state.train_elapsed),
+                unit="s",
+                dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total}s [{elapsed}<{remaining}{postfix}]",
+            )
+    window_loss = torch.zeros((), device=device)
+    window_steps, window_tokens, window_t = 0, 0, time.perf_counter()
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    last_step_s = 0.0
+
+    def check_finite(where: str) -> None:
+        bad = all_reduce_sum(nonfinite.float())
+        if bad.item() > 0:
+            good = ckpt.latest_checkpoint(ckpt_dir)
+            raise TrainingError(
+                f"non-finite loss, gradient norm or weights at step {state.step} ({where}); stopping without "
+                "saving. "
+                + (f"Last good checkpoint: {good}" if good else "No checkpoint was written.")
+                + " Lower the learning rates or check the data."
+            )
+
+    while not budget.done(state.step, state.train_elapsed):
+        t0 = time.perf_counter()
+        progress = budget.progress(state.step, state.train_elapsed)
+        optimizer.set_schedule(
+            lr_factor(progress, budget.step_fraction(last_step_s), cfg),
+            muon_momentum(state.step, cfg),
+            muon_weight_decay(progress, cfg),
+        )
+        batches = [next(data_iter) for _ in range(grad_accum)]
+        track = (state.step + 1) % cfg.log_interval == 0
+        step_loss = accumulate_gradients(model, raw, batches, state.step, info, cfg.precision, track)
+        state.micro_step += grad_accum
+        grad_norm = _clip_grad_norm(params, cfg.grad_clip)
+        nonfinite |= ~torch.isfinite(step_loss) | ~torch.isfinite(grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        state.step += 1
+        state.tokens += cfg.tokens_per_step
+        window_loss += step_loss
+        window_steps += 1
+        window_tokens += cfg.tokens_per_step
+        last_step_s = time.perf_counter() - t0
+        state.train_elapsed += last_step_s
+        if bar is not None:
+            if budget.max_steps is not None:
+                bar.update(1)
+            else:
+                bar.update(min(last_step_s, bar.total - bar.n))
+
+        finished = budget.done(state.step, state.train_elapsed)
+        if state.step % cfg.log_interval == 0 or finished:
+            check_finite("training")
+            record = _train_record(
+                state,
+                window_loss,
+                window_steps,
+                window_tokens,
+                window_t,
+                grad_norm,
+                optimizer,
+                raw,
+                fpt,
+                peak,
+                info,
+                progress,
+            )
+            if metrics is not None:
+                metrics.log(record)
+            if bar is not None:
+                bar.set_postfix(
+                    step=state.step,
+                    loss=f"{record['loss']:.3f}",
+                    tok_s=f"{record['tok_per_s']:.0f}",
+                    refresh=False,
+                )
+            window_loss.zero_()
+            window_steps, window_tokens, window_t = 0, 0, time.perf_counter()
+        if (state.step % cfg.eval_interval == 0) and not finished:
+            check_finite("evaluation")
+            t_eval = time.perf_counter()
+            val = evaluate(
+                model,
+                shard_dir,
+                depths,
+                eval_bs,
+                cfg.seq_len,
+                token_bytes,
+                info,
+                cfg.precision,
+                max_batches=cfg.eval_batches,
+            )
+            if metrics is not None:
+                metrics.log(
+                    {"kind": "val", "step": state.step, **val, "eval_s": time.perf_counter() - t_eval}
+                )
+            window_t += time.perf_counter() - t_eval  # keep throughput about training only
+        if state.step % cfg.save_interval == 0 or finished:
+            # The update itself could have produced non-finite weights: never persist those.
+            nonfinite |= ~torch.stack([torch.isfinite(p).all() for p in params]).all()
+            check_finite("checkpoint")
+            ckpt.save_checkpoint(
+                ckpt_dir,
+                state.step,
+                unwrap(model),
+                optimizer.optimizers,
+                state.to_dict(),
+                loader.state_dict(),
+                compat,
+                cfg.keep_last_k,
+            )
+    if bar is not None:
+        bar.close()
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    raw: nn.Module,
+    batches: list[tuple[torch.Tensor, ...]],
+    step: int,
+    info: DistInfo,
+    precision: Precision,
+    track_diagnostics: bool = False,
+) -> torch.Tensor:
+    """Forward/backward over this rank's micro-batches of one optimizer step; returns the mean loss (on device).
+
+    Each micro-loss is a mean over its tokens, so the step's gradient is the mean over micro-batches (and
+    DDP averages over ranks): with equal-length rows this equals the gradient of one global batch. Depth
+    sampling and the initial recurrent state are seeded by (optimizer step, row of the global batch), so
+    accumulation and data parallelism also draw the recurrence depths that one big batch would.
+    """
+    accum = len(batches)
+    device = info.device
+    step_loss = torch.zeros((), device=device)
+    raw.step = step
+    for micro, batch in enumerate(batches):
+        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        doc_ids = batch[2].to(device, non_blocking=True) if len(batch) > 2 else None
+        if hasattr(raw, "depth_shard"):
+            raw.depth_shard = DepthShard(index=info.rank * accum + micro, count=info.world_size * accum)
+        if hasattr(raw, "track_diagnostics"):
+            raw.track_diagnostics = track_diagnostics and micro == accum - 1
+        with no_grad_sync(model, last_micro=micro == accum - 1), autocast_context(precision, device):
+            loss = model(x, labels=y, return_logits=False, doc_ids=doc_ids)["loss"]
+        (loss / accum).backward()
+        step_loss += loss.detach() / accum
+    return step_loss
+
+
+def _clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads)
+    if hasattr(total, "full_tensor"):  # FSDP2: DTensor norm
+        total = total.full_tensor()
+    if max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
+
+
+def _train_record(
+    state,
+    window_loss,
+    window_steps,
+    window_tokens,
+    window_t,
+    grad_norm,
+    optimizer,
+    raw,
+    fpt,
+    peak,
+    info,
+    progress,
+) -> dict[str, Any]:
+    stats = torch.stack([window_loss / max(window_steps, 1), grad_norm.float()]).float()
+    all_reduce_sum(stats)
+    stats /= info.world_size
+    elapsed = max(time.perf_counter() - window_t, 1e-9)
+    tok_s = window_tokens / elapsed
+    record: dict[str, Any] = {
+        "kind": "train",
+        "step": state.step,
+        "tokens": state.tokens,
+        "loss": stats[0].item(),
+        "grad_norm": stats[1].item(),
+        "tok_per_s": tok_s,
+        "mfu": tok_s * fpt / (peak * info.world_size),
+        "progress": progress,
+        "train_s": state.train_elapsed,
+        **optimizer.lrs,
+    }
+    if optimizer.muon is not None:
+        record["muon_momentum"] = optimizer.muon.param_groups[0]["momentum"]
+        record["muon_wd"] = optimizer.muon.param_groups[0]["weight_decay"]
+    diagnostics = getattr(raw, "diagnostics", None)
+    if callable(diagnostics):
+        with torch.no_grad():
+            diag = diagnostics() or {}
+        for k, v in diag.items():
+            if isinstance(v, int | float):
+                record[k] = float(v)
+    return record
+
+
+def _full_model(model: nn.Module, raw: nn.Module, mcfg, strategy: Strategy) -> nn.Module:
+    """The unsharded model on rank 0 (a plain copy for FSDP, the module itself otherwise)."""
+    if strategy != Strategy.FSDP or not (
+        torch.distributed.is_available() and torch.distributed.is_initialized()
+    ):
+        return raw
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    sd = get_model_state_dict(raw, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    full = mcfg.construct_model()
+    full.load_state_dict(sd)
+    return full
+
+
+@torch.no_grad()
+def write_samples(model: nn.Module, tokenizer, cfg: RunConfig, path: Path) -> list[dict[str, str]]:
+    """Sample a continuation of each prompt (seeded) and write them to samples.txt."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i, prompt in enumerate(cfg.sample_prompts):
+        ids = tokenizer.encode(prompt)
+        if not ids:
+            continue
+        gen = torch.Generator(device=device).manual_seed(cfg.seed + i)
+        x = torch.tensor([ids], dtype=torch.long, device=device)
+        y = model.generate(
+            x,
+            max_new_tokens=cfg.sample_tokens,
+            temperature=cfg.sample_temperature,
+            top_k=None,
+            generator=gen,
+            eos_id=tokenizer.eos_id,
+        )
+        ids = y[0].tolist()
+        # Ids in the model's vocabulary padding have no text (generate() should not emit them; count them if it does).
+        valid = [t for t in ids if t < tokenizer.vocab_size]
+        out.append(
+            {"prompt": prompt, "text": tokenizer.decode(valid), "padding_ids_dropped": len(ids) - len(valid)}
+        )
+    model.train(was_training)
+    text = "".join(
+        f"=== {s['prompt']!r} (temperature {cfg.sample_temperature}) ===\n{s['text']}\n\n" for s in out
+    )
+    atomic_write_text(path, text)
+    return out
+
+
+class _Printer:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, msg: str) -> None:
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            tqdm.write(msg)
