@@ -37,7 +37,7 @@ from parcae_lm.eval.common import (
     pad_right,
     pad_token,
 )
-from parcae_lm.eval.tasks import CORE_LABELS, DEFAULT_SEEDS, Suite, TaskSpec, TaskType, suite_tasks
+from parcae_lm.eval.tasks import CORE_LABELS, DEFAULT_SEEDS, Suite, TaskSpec, suite_tasks
 
 SHUFFLE_SEED = 1337
 FEWSHOT_SEPARATOR = "\n\n"
@@ -206,16 +206,6 @@ def shuffled(examples: list[Example]) -> list[Example]:
     return pool
 
 
-def _check_types(spec: TaskSpec, examples: list[Example]) -> None:
-    kind = {
-        TaskType.MULTIPLE_CHOICE: MCExample,
-        TaskType.SCHEMA: SchemaExample,
-        TaskType.LANGUAGE_MODELING: LMExample,
-    }
-    if not all(isinstance(e, kind[spec.task_type]) for e in examples):
-        raise EvalError(f"task {spec.label}: examples do not match task type {spec.task_type.value}")
-
-
 # ------------------------------------------------------------------------------------------- results
 
 
@@ -315,7 +305,6 @@ def evaluate_suite(
     try:
         for spec in tqdm(resolved.available, desc=f"{suite.value} tasks", unit="task"):
             examples = bundle.load(spec)
-            _check_types(spec, examples)
             pool = shuffled(examples)
             n_eval = min(len(pool), max_per_task) if max_per_task else len(pool)
             for score in scores:
