@@ -117,7 +117,7 @@ def example_rows(
         suffix = max(1, min(_common_suffix(seqs), shortest - 1))
         spans = [(len(s) - suffix, len(s)) for s in seqs]
     else:
-        without, full = seqs
+        _, full = seqs
         start = min(_common_prefix(seqs), len(full) - 1)
         seqs, spans = [full], [(start, len(full))]
     rows = []
