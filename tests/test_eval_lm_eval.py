@@ -112,3 +112,37 @@ def test_registered_under_parcae():
 
     assert get_model("parcae") is ParcaeLM
     assert "hf" in model_registry  # built-in models stay registered next to ours
+
+
+@pytest.mark.slow
+def test_lm_eval_cli_with_the_parcae_model(tmp_path):
+    """`python -m parcae_lm.eval.lm_eval_adapter run --model parcae ...` on a saved tiny model (~40 s)."""
+    import subprocess
+    import sys
+
+    import parcae_lm
+    from parcae_lm.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(["my pet is a cat. her pet is a dog. " * 20], vocab_size=270)
+    small = dict(n_embd=64, num_attention_heads=2, intermediate_size=128, init_orthogonal=False)
+    model = parcae_lm.create_model("parcae-tiny", vocab_size=tok.vocab_size, block_size=64, **small)
+    parcae_lm.save_pretrained(model, tmp_path / "run")
+    tok.save(tmp_path / "run" / "tokenizer")
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "toy.jsonl").write_text(
+        json.dumps({"question": "my pet is a", "choices": ["cat", "dog"], "gold": 0})
+    )
+    (tmp_path / "tasks" / "toy.yaml").write_text(
+        "task: parcae_toy_cli\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {tmp_path / 'toy.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{gold}}"\n'
+        "metric_list:\n  - metric: acc\n"
+    )
+    cmd = [sys.executable, "-m", "parcae_lm.eval.lm_eval_adapter", "run", "--model", "parcae"]
+    cmd += ["--model_args", f"pretrained={tmp_path / 'run'},num_steps=2", "--tasks", "parcae_toy_cli"]
+    cmd += ["--include_path", str(tmp_path / "tasks"), "--device", "cpu"]
+    env = {**__import__("os").environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    env["HF_DATASETS_CACHE"] = str(tmp_path / "hf")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "parcae_toy_cli" in proc.stdout and "acc" in proc.stdout
