@@ -25,6 +25,8 @@ from parcae_lm.scaling import fit as F
 
 def register(subparsers) -> None:
     _register_fit(subparsers)
+    _register_sweep(subparsers)
+    _register_study(subparsers)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -236,4 +238,105 @@ def _finish(args, kind: str, table: F.RunTable, columns: dict, result: dict, mar
     print(markdown)
     for path in [json_path, md_path, *files]:
         print(f"wrote {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# parcae sweep / parcae study
+
+
+def _register_sweep(subparsers) -> None:
+    from parcae_lm.scaling.sweep import Emit
+
+    p = subparsers.add_parser(
+        "sweep",
+        help="run a grid of training runs from a sweep YAML (resumable), or emit torchrun/Slurm commands",
+        description="Expand SWEEP.yaml (base run config + axes) into runs, derive each point's steps from its "
+        "budget (FLOPs via parcae_lm.flops), run the unfinished points one after another and write "
+        "results.csv / results.jsonl (the columns `parcae fit` reads).",
+    )
+    p.add_argument("sweep", type=Path, help="sweep file (YAML: name, base, overrides, axes)")
+    p.add_argument("--out", type=Path, help="output directory (default: sweeps/<name>)")
+    p.add_argument(
+        "--emit",
+        type=Emit,
+        choices=list(Emit),
+        metavar="{" + ",".join(e.value for e in Emit) + "}",
+        help="print one command per unfinished point instead of running it",
+    )
+    p.add_argument("--nproc-per-node", type=int, default=8, help="processes (GPUs) per point with --emit")
+    p.add_argument(
+        "--slurm-args", default="", help="extra sbatch options with --emit slurm, e.g. '-p gpu -t 24:00:00'"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the points, their budgets and status; run nothing"
+    )
+    p.add_argument(
+        "--collect", action="store_true", help="only (re)write the results table from finished points"
+    )
+    p.set_defaults(func=sweep_cmd)
+
+
+def _register_study(subparsers) -> None:
+    from parcae_lm.scaling.studies import StudyName
+
+    p = subparsers.add_parser(
+        "study",
+        help="run one of the paper's studies in miniature (stability, parcae-vs-gpt, scaling, test-time)",
+        description="Run a study preset (a sweep plus its analysis): results table, report.md and PNG plots.",
+    )
+    p.add_argument("name", type=StudyName, choices=list(StudyName), metavar="{" + ",".join(StudyName) + "}")
+    p.add_argument("--smoke", action="store_true", help="the seconds-long variant (tiny model, a few steps)")
+    p.add_argument("--out", type=Path, help="output directory (default: studies/<name>[-smoke])")
+    p.add_argument("--figures", type=Path, help="directory for the PNG plots (default: OUT/figures)")
+    p.set_defaults(func=study_cmd)
+
+
+def sweep_cmd(args) -> int:
+    from parcae_lm.scaling.sweep import SweepSpec, emit_commands, expand, run_sweep
+
+    spec = SweepSpec.from_yaml(args.sweep)
+    out = args.out or Path("sweeps") / spec.name
+    if args.nproc_per_node < 1:
+        raise ConfigError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
+    if args.emit is not None or args.dry_run:
+        points = expand(spec, out)
+        if args.emit is not None:
+            lines = emit_commands(
+                points, args.emit, nproc_per_node=args.nproc_per_node, slurm_args=args.slurm_args
+            )
+            done = len(points) - len(lines)
+            print(f"# sweep {spec.name}: {len(points)} points, {done} finished, {len(lines)} to run")
+            print("\n".join(lines))
+            return 0
+        print(f"sweep {spec.name}: {len(points)} points -> {out}")
+        for p in points:
+            budget = f"C={p.flops_budget:.3g} " if p.flops_budget is not None else ""
+            state = "done" if p.finished() else "todo"
+            print(
+                f"  [{state}] {p.name}: {budget}{p.flops_per_token:.4g} FLOPs/token, {p.steps} steps, "
+                f"{p.tokens:,} tokens, {p.params / 1e6:.3f}M params"
+            )
+        return 0
+    result = run_sweep(spec, out, collect_only=args.collect)
+    print(
+        f"sweep {spec.name}: {len(result.points)} points, ran {len(result.ran)}, skipped {len(result.skipped)} "
+        f"finished; {len(result.rows)} rows"
+    )
+    for row in result.rows:
+        loss = row.get(F.LOSS)
+        print(f"  {row['point']}: {row['status']}, val_loss {'-' if loss is None else f'{loss:.4f}'}")
+    print(f"wrote {result.csv}\nwrote {result.jsonl}")
+    return 0
+
+
+def study_cmd(args) -> int:
+    from parcae_lm.scaling.studies import run_study
+
+    out = args.out or Path("studies") / (args.name.value + ("-smoke" if args.smoke else ""))
+    result, report = run_study(args.name, out, smoke=args.smoke, fig_dir=args.figures)
+    print(report.markdown)
+    print(f"wrote {result.csv}\nwrote {out / 'report.md'}")
+    for f in report.figures:
+        print(f"wrote {f}")
     return 0

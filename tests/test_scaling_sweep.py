@@ -1,0 +1,363 @@
+"""`parcae sweep` and the study presets: grid expansion, FLOP -> step budgets, resumability, emitted
+commands, the results table feeding `parcae fit`, divergence bookkeeping, and a smoke study end to end.
+
+Runs train micro models on a synthetic corpus built here (seconds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import shlex
+from pathlib import Path
+
+import pytest
+
+from parcae_lm.cli import main as cli_main
+from parcae_lm.errors import ConfigError, TrainingError
+from parcae_lm.flops import flops_per_token
+from parcae_lm.scaling import fit as F
+from parcae_lm.scaling import studies
+from parcae_lm.scaling.sweep import (
+    DIVERGED,
+    SUMMARY,
+    Emit,
+    SweepSpec,
+    emit_commands,
+    expand,
+    run_sweep,
+    spike_stats,
+)
+from parcae_lm.train.config import load_run_config
+from parcae_lm.train.trainer import _max_steps
+
+WORDS = [
+    "king",
+    "queen",
+    "lord",
+    "love",
+    "death",
+    "night",
+    "day",
+    "sword",
+    "crown",
+    "blood",
+    "heart",
+    "fair",
+    "sweet",
+    "good",
+    "noble",
+    "grace",
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, Path]:
+    from parcae_lm.data import prepare
+    from parcae_lm.tokenizer import Tokenizer
+
+    rng = random.Random(0)
+
+    def doc() -> str:
+        return "\n".join(
+            f"{rng.choice(['ROMEO', 'JULIET', 'KING'])}:\n"
+            + " ".join(rng.choices(WORDS, k=rng.randint(4, 10)))
+            for _ in range(40)
+        )
+
+    root = tmp_path_factory.mktemp("sweep-data")
+    train_docs, val_docs = [doc() for _ in range(16)], [doc() for _ in range(2)]
+    tok = Tokenizer.train(train_docs, 320)
+    tok.save(root / "tokenizer")
+    prepare(train_docs, tok, root / "shards", val_docs=val_docs, progress=False)
+    return root / "tokenizer", root / "shards"
+
+
+def micro_spec(data, axes: list[dict], **overrides) -> SweepSpec:
+    base = {
+        "model_name": "parcae-micro",
+        "tokenizer_dir": str(data[0]),
+        "shard_dir": str(data[1]),
+        "seq_len": 16,
+        "micro_batch_size": 2,
+        "global_batch_size": 2,
+        "max_steps": 2,
+        "log_interval": 1,
+        "eval_interval": 1000,
+        "save_interval": 1000,
+        "val_depths": [1],
+        "sample_prompts": [],
+        "progress": False,
+        "threads": 1,
+    }
+    base.update(overrides)
+    return SweepSpec.from_dict({"name": "t", "base": "tiny", "overrides": base, "axes": axes})
+
+
+# ----------------------------------------------------------------------------------------- expansion
+
+
+def test_grid_expansion_zipped_axes_and_backprop_rule(data, tmp_path):
+    spec = micro_spec(
+        data,
+        [
+            {"model.mean_recurrence": [1, 2, 5]},
+            {"adam_lr": [1e-3, 4e-3], "muon_lr": [2e-3, 8e-3]},  # one axis: keys move together
+        ],
+    )
+    points = expand(spec, tmp_path)
+    assert len(points) == 6
+    assert [p.settings["model.mean_recurrence"] for p in points] == [1, 1, 2, 2, 5, 5]  # last axis fastest
+    for p in points:
+        mu = p.settings["model.mean_recurrence"]
+        assert p.model_config.mean_recurrence == mu
+        assert p.model_config.mean_backprop_depth == math.ceil(mu / 2)  # the paper's sweep rule
+        assert p.config.muon_lr == 2 * p.config.adam_lr  # zipped, not crossed
+        assert p.run_dir == tmp_path / "runs" / p.name
+    assert len({p.name for p in points}) == 6
+    assert points[0].name == "mean_recurrence1-adam_lr0.001-muon_lr0.002"
+
+    # An explicit backprop depth wins over the rule.
+    spec = micro_spec(data, [{"model.mean_recurrence": [6]}], **{"model.mean_backprop_depth": 1})
+    assert expand(spec, tmp_path)[0].model_config.mean_backprop_depth == 1
+
+
+def test_flops_budget_becomes_steps_like_the_trainer(data, tmp_path):
+    budgets = [2e8, 4e8]
+    spec = micro_spec(data, [{"max_flops": budgets}, {"model.mean_recurrence": [1, 4]}], max_steps=None)
+    points = expand(spec, tmp_path)
+    assert len(points) == 4
+    for p in points:
+        fpt = flops_per_token(p.model_config, 16)
+        assert p.flops_per_token == pytest.approx(fpt)
+        assert p.steps == int((p.settings["max_flops"] / fpt) // 32)  # 32 tokens per step
+        assert p.tokens == p.steps * 32
+        assert p.flops == p.settings["max_flops"]  # nominal budget, so budgets group exactly
+        assert p.config.max_flops is None and p.config.max_steps == p.steps
+        # Same number of steps as the trainer derives from max_flops itself.
+        _, as_trainer = load_run_config("tiny", {**_nested(p.overrides), "max_steps": None})
+        assert _max_steps(as_trainer, fpt, p.params) == p.steps
+    # More recurrence costs more FLOPs per token, so the same budget buys fewer tokens.
+    by = {(p.settings["max_flops"], p.settings["model.mean_recurrence"]): p for p in points}
+    assert by[(4e8, 4)].flops_per_token > by[(4e8, 1)].flops_per_token
+    assert by[(4e8, 4)].tokens < by[(4e8, 1)].tokens
+    # n_eff counts the core once per mean recurrence.
+    assert by[(4e8, 4)].n_eff - by[(4e8, 1)].n_eff == pytest.approx(3 * by[(4e8, 1)].core_params)
+
+
+def _nested(flat: dict) -> dict:
+    out: dict = {}
+    for k, v in flat.items():
+        if k.startswith("model."):
+            out.setdefault("model", {})[k[6:]] = v
+        else:
+            out[k] = v
+    return out
+
+
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        ({"name": "x", "axes": [{"adam_lr": [1, 2], "muon_lr": [1]}]}, "equal length"),
+        ({"name": "x", "axes": [{"adam_lr": [1]}, {"adam_lr": [2]}]}, "appears in axes"),
+        ({"name": "x", "axis": []}, "unknown key"),
+        ({"name": "bad name"}, "'name'"),
+        ({"name": "x", "axes": [{"adam_lr": []}]}, "non-empty list"),
+    ],
+)
+def test_bad_sweep_files(raw, match):
+    with pytest.raises(ConfigError, match=match):
+        SweepSpec.from_dict(raw)
+
+
+def test_bad_points(data, tmp_path):
+    with pytest.raises(ConfigError, match="wall-clock"):
+        expand(micro_spec(data, [], max_steps=None, max_time_minutes=1.0), tmp_path)
+    with pytest.raises(ConfigError, match="less than one step"):
+        expand(micro_spec(data, [{"max_flops": [10.0]}], max_steps=None), tmp_path)
+    with pytest.raises(ConfigError, match="only model"):
+        expand(micro_spec(data, [{"optim.lr": [1]}]), tmp_path)
+    with pytest.raises(ConfigError, match="set by the sweep"):
+        expand(micro_spec(data, [], run_name="x"), tmp_path)
+    with pytest.raises(ConfigError, match="unknown model field"):
+        expand(micro_spec(data, [{"model.n_embdd": [8]}]), tmp_path)
+
+
+def test_sweep_yaml_file_and_relative_base(tmp_path, data):
+    (tmp_path / "base.yaml").write_text("model_name: parcae-micro\nmax_steps: 3\nseq_len: 16\n")
+    (tmp_path / "s.yaml").write_text(
+        "name: s\nbase: base.yaml\noverrides:\n"
+        f"  tokenizer_dir: {data[0]}\n  shard_dir: {data[1]}\n  micro_batch_size: 2\n  global_batch_size: 2\n"
+        "axes:\n  - model.mean_recurrence: [2, 3]\n"
+    )
+    spec = SweepSpec.from_yaml(tmp_path / "s.yaml")
+    assert spec.base == str(tmp_path / "base.yaml")
+    points = expand(spec, tmp_path / "out")
+    assert [p.steps for p in points] == [3, 3]
+
+
+# ----------------------------------------------------------------------------------------- emitting
+
+
+def test_emitted_commands_reproduce_each_point(data, tmp_path):
+    spec = micro_spec(data, [{"model.mean_recurrence": [2, 4]}, {"max_flops": [2e8]}], max_steps=None)
+    points = expand(spec, tmp_path)
+    lines = emit_commands(points, Emit.TORCHRUN, nproc_per_node=8)
+    assert len(lines) == 2
+    for line, p in zip(lines, points):
+        argv = shlex.split(line)
+        assert argv[:5] == ["torchrun", "--standalone", "--nproc_per_node=8", "--no-python", "parcae"]
+        assert argv[5] == "train"
+        _, cfg = load_run_config(argv[6], argv[7:])
+        expected = p.config.to_dict()
+        assert cfg.to_dict() == expected  # same config, explicit steps, resumable
+        assert cfg.max_steps == p.steps and cfg.resume
+    slurm = emit_commands(points, Emit.SLURM, nproc_per_node=4, slurm_args="-p gpu")
+    argv = shlex.split(slurm[0])
+    assert argv[0] == "sbatch" and "--gpus-per-node=4" in argv and "-p" in argv
+    assert argv[argv.index("--wrap") + 1].endswith(lines[0].replace("nproc_per_node=8", "nproc_per_node=4"))
+    # A finished point is not emitted again.
+    (points[0].run_dir).mkdir(parents=True)
+    (points[0].run_dir / SUMMARY).write_text("{}")
+    assert len(emit_commands(points, Emit.TORCHRUN)) == 1
+
+
+# ------------------------------------------------------------------------- running, resuming, table
+
+
+def test_sweep_runs_resumes_and_feeds_parcae_fit(data, tmp_path, monkeypatch):
+    spec = micro_spec(
+        data, [{"max_flops": [1.5e8, 3e8]}, {"model.mean_recurrence": [1, 2, 3]}], max_steps=None
+    )
+    first = run_sweep(spec, tmp_path, progress=False)
+    assert len(first.ran) == 6 and not first.skipped
+    assert all((p.run_dir / SUMMARY).is_file() for p in first.points)
+    stamps = {p.name: (p.run_dir / SUMMARY).stat().st_mtime_ns for p in first.points}
+
+    # Second invocation: nothing trains (the trainer must not even be called).
+    import parcae_lm.train.trainer as trainer_mod
+
+    def boom(*a, **k):
+        raise AssertionError("a finished point was trained again")
+
+    monkeypatch.setattr(trainer_mod, "train", boom)
+    second = run_sweep(spec, tmp_path, progress=False)
+    assert not second.ran and len(second.skipped) == 6
+    assert {p.name: (p.run_dir / SUMMARY).stat().st_mtime_ns for p in second.points} == stamps
+
+    # The table: one row per point, with the columns `parcae fit` reads.
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    for col in (F.FLOPS, F.MEAN_RECURRENCE, F.TOKENS, F.N_EFF, F.NUM_STEPS, F.LOSS, "val_bpb", "val_loss_d1"):
+        assert col in rows[0], col
+    jsonl = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    for row, point in zip(jsonl, first.points):
+        summary = json.loads((point.run_dir / SUMMARY).read_text())
+        assert row[F.LOSS] == summary["val_loss"]
+        assert row[F.TOKENS] == summary["tokens"] == point.tokens
+        assert row[F.NUM_STEPS] == row[F.MEAN_RECURRENCE] == point.settings["model.mean_recurrence"]
+        assert row["status"] == "ok" and row["diverged"] is False
+        assert row["spectral_radius_max"] < 1.0  # diagonal injection: ρ(Ā) < 1 by construction
+        assert row["state_norm_max"] > 0
+    table = F.RunTable.read(tmp_path / "results.csv")
+    for col in (F.FLOPS, F.MEAN_RECURRENCE, F.TOKENS, F.N_EFF, F.NUM_STEPS, F.LOSS):
+        assert table.numeric(col).shape == (6,)
+    assert sorted(set(table.numeric(F.FLOPS))) == [1.5e8, 3e8]
+
+    out = tmp_path / "fit"
+    rc = cli_main(
+        [
+            "fit",
+            "parametric",
+            str(tmp_path / "results.csv"),
+            "--out",
+            str(out),
+            "--n-starts",
+            "2",
+            "--n-candidates",
+            "64",
+        ]
+    )
+    assert rc == 0
+    assert json.loads((out / "parametric.json").read_text())["rows"] == 6
+
+
+def test_diverged_point_is_recorded_and_not_rerun(data, tmp_path, monkeypatch):
+    import parcae_lm.train.trainer as trainer_mod
+
+    real_train = trainer_mod.train
+
+    def diverge_at_mu2(cfg, config_name="run", start_time=None):
+        if cfg.run_name.startswith("mean_recurrence2"):
+            raise TrainingError("non-finite loss, gradient norm or weights at step 1 (training)")
+        return real_train(cfg, config_name, start_time)
+
+    monkeypatch.setattr(trainer_mod, "train", diverge_at_mu2)
+    spec = micro_spec(data, [{"model.mean_recurrence": [1, 2]}])
+    result = run_sweep(spec, tmp_path, progress=False)
+    by = {r["point"]: r for r in result.rows}
+    assert by["mean_recurrence2"]["status"] == "diverged" and by["mean_recurrence2"]["diverged"] is True
+    assert by["mean_recurrence2"][F.LOSS] is None
+    assert by["mean_recurrence1"]["status"] == "ok"
+    assert (tmp_path / "runs" / "mean_recurrence2" / DIVERGED).is_file()
+    again = run_sweep(spec, tmp_path, progress=False)
+    assert not again.ran
+
+
+def test_spike_stats():
+    steps = list(range(10, 110, 10))
+    smooth = [8.0, 6.0, 5.0, 4.5, 4.2, 4.0, 3.9, 3.8, 3.7, 3.6]
+    s = spike_stats(steps, smooth, total_steps=100)
+    assert s["loss_spikes"] == 0 and s["final_loss_over_min"] == pytest.approx(1.0)
+    spiky = [8.0, 6.0, 5.0, 4.0, 7.0, 4.1, 3.9, 9.0, 3.8, 3.7]
+    s = spike_stats(steps, spiky, total_steps=100)
+    assert s["loss_spikes"] == 2  # 7.0 > 1.5 x 4.0 and 9.0 > 1.5 x 3.9
+    assert s["max_loss_over_min"] == pytest.approx(9.0 / 3.9)
+    # A spike during the first 10% of the run does not count; a blow-up at the end is visible.
+    s = spike_stats([5, 10, 20, 30], [8.0, 20.0, 5.0, 9.0], total_steps=100)
+    assert s["loss_spikes"] == 1 and s["final_loss_over_min"] == pytest.approx(9.0 / 5.0)
+    assert spike_stats([10, 20], [5.0, None], total_steps=100)["loss_spikes"] == 1
+
+
+# ----------------------------------------------------------------------------------------- CLI, study
+
+
+def test_cli_dry_run_and_emit(data, tmp_path, capsys):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(json.dumps(micro_spec(data, [{"model.mean_recurrence": [2, 3]}]).to_dict()))
+    assert cli_main(["sweep", str(sweep), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 points" in out and "[todo] mean_recurrence2" in out
+    assert cli_main(["sweep", str(sweep), "--out", str(tmp_path / "o"), "--emit", "slurm"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("sbatch ") == 2
+    assert cli_main(["sweep", str(tmp_path / "missing.yaml")]) == 1
+
+
+def test_smoke_study_end_to_end(data, tmp_path):
+    result, report = studies.run_study(
+        studies.StudyName.TEST_TIME, tmp_path, smoke=True, data=data, progress=False
+    )
+    assert len(result.rows) == 2 and all(r["status"] == "ok" for r in result.rows)
+    fits = json.loads((tmp_path / "analysis.json").read_text())["fits"]["fits"]
+    assert [f["label"] for f in fits] == ["mean_recurrence=2", "mean_recurrence=3"]
+    for f in fits:
+        assert f["n_points"] == 5 and math.isfinite(f["L_inf"]) and f["z"] >= 0
+    depth_rows = F.RunTable.read(tmp_path / "testtime" / "results.csv")
+    assert sorted(set(depth_rows.numeric(F.NUM_STEPS))) == [1, 2, 3, 4, 6]
+    assert (tmp_path / "figures" / "test-time.png").stat().st_size > 1000
+    assert "L∞" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("name", list(studies.StudyName))
+def test_presets_expand(name, data, tmp_path):
+    """Full and smoke presets are valid grids of the intended size."""
+    study = studies.STUDIES[name]
+    for smoke in (True, False):
+        spec = studies.with_data(study.spec(smoke), data)
+        points = expand(spec, tmp_path)
+        assert len(points) >= 2
+        if not smoke:
+            assert all(p.model_config.n_embd == 64 for p in points)
