@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from parcae_lm.config import GPTConfig
-from parcae_lm.model.layers import Block, has_value_embedding, init_block, make_norm
+from parcae_lm.model.layers import Block, embedding, has_value_embedding, init_block, make_norm
 from parcae_lm.model.lm import LanguageModel
 
 
@@ -28,11 +28,11 @@ class GPT(LanguageModel):
             for i in range(cfg.n_layer)
         ]
         self.transformer = nn.ModuleDict(
-            dict(wte=nn.Embedding(V, d), h=nn.ModuleList(blocks), ln_f=make_norm(cfg, d))
+            dict(wte=embedding(V, d), h=nn.ModuleList(blocks), ln_f=make_norm(cfg, d))
         )
         kv_width = cfg.num_key_value_heads * cfg.head_size
         self.value_embeds = nn.ModuleDict(
-            {str(i): nn.Embedding(V, kv_width) for i, b in enumerate(blocks) if b.attn.ve_gate is not None}
+            {str(i): embedding(V, kv_width) for i, b in enumerate(blocks) if b.attn.ve_gate is not None}
         )
         self.lm_head = nn.Linear(d, V, bias=False)
         self.tie_weights()

@@ -29,6 +29,12 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
 
 
+def embedding(vocab: int, dim: int) -> nn.Embedding:
+    """An embedding left uninitialised (the model initialises it); skipping PyTorch's default N(0,1) draw
+    also keeps construction on the meta device instant."""
+    return nn.Embedding(vocab, dim, _weight=torch.empty(vocab, dim))
+
+
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
     if cfg.norm_class_name == Norm.RMSNORM:
         return RMSNorm(dim, cfg.norm_eps)
@@ -165,11 +171,23 @@ def trunc_orthogonal_(w: Tensor, std: float) -> Tensor:
     rows, cols = w.shape
     a = torch.empty(max(rows, cols), min(rows, cols), dtype=torch.float32, device=w.device)
     nn.init.trunc_normal_(a, 0.0, 1.0, -2.0, 2.0)
-    q, r = torch.linalg.qr(a)
+    q, r = _qr(a)
     q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)  # make the decomposition unique
     if rows < cols:
         q = q.T
     return w.copy_(q * std * math.sqrt(max(rows, cols)))
+
+
+def _qr(a: Tensor) -> tuple[Tensor, Tensor]:
+    """QR; small CPU matrices run single-threaded (threaded LAPACK is ~10× slower on them)."""
+    if a.device.type != "cpu" or a.numel() > 4_000_000:
+        return torch.linalg.qr(a)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.qr(a)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def init_matrix(w: Tensor, std: float, orthogonal: bool) -> None:

@@ -24,7 +24,15 @@ from torch.utils.checkpoint import checkpoint
 
 from parcae_lm.config import ParcaeConfig, StateInit
 from parcae_lm.model.injection import make_injection
-from parcae_lm.model.layers import AttnContext, Block, has_value_embedding, init_block, init_matrix, make_norm
+from parcae_lm.model.layers import (
+    AttnContext,
+    Block,
+    embedding,
+    has_value_embedding,
+    init_block,
+    init_matrix,
+    make_norm,
+)
 from parcae_lm.model.lm import LanguageModel
 from parcae_lm.model.recurrence import Depths, DepthShard, mix_seed, sample_depths
 
@@ -51,7 +59,7 @@ class Parcae(LanguageModel):
 
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(V, d),
+                wte=embedding(V, d),
                 prelude=nn.ModuleList(main_block(i) for i in range(n_p)),
                 adapter=make_injection(cfg),
                 core_block=nn.ModuleList(core_block(n_p + i) for i in range(n_c)),
@@ -66,7 +74,7 @@ class Parcae(LanguageModel):
         blocks = [*self.transformer.prelude, *self.transformer.core_block, *self.transformer.coda]
         self.value_embeds = nn.ModuleDict(
             {
-                str(i): nn.Embedding(V, b.attn.n_kv * b.attn.head_size)
+                str(i): embedding(V, b.attn.n_kv * b.attn.head_size)
                 for i, b in enumerate(blocks)
                 if b.attn.ve_gate
             }
