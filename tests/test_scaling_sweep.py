@@ -246,6 +246,16 @@ def test_sweep_runs_resumes_and_feeds_parcae_fit(data, tmp_path, monkeypatch):
     assert not second.ran and len(second.skipped) == 6
     assert {p.name: (p.run_dir / SUMMARY).stat().st_mtime_ns for p in second.points} == stamps
 
+    # The same output directory with edited settings is refused rather than silently reused.
+    edited = micro_spec(
+        data,
+        [{"max_flops": [1.5e8, 3e8]}, {"model.mean_recurrence": [1, 2, 3]}],
+        max_steps=None,
+        adam_lr=1e-3,
+    )
+    with pytest.raises(ConfigError, match="adam_lr"):
+        run_sweep(edited, tmp_path, progress=False)
+
     # The table: one row per point, with the columns `parcae fit` reads.
     with open(tmp_path / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -17,6 +17,7 @@ final evaluation of every run costs seconds rather than minutes.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import math
@@ -113,6 +114,16 @@ SMOKE = Scale(
 )
 
 
+def _depths(depths: list[int]) -> dict[str, Any]:
+    """Validation depths for the interval and the final evaluations (the mean recurrence is always added)."""
+    from parcae_lm.train.config import RunConfig
+
+    out: dict[str, Any] = {"val_depths": depths}
+    if "final_val_depths" in {f.name for f in dataclasses.fields(RunConfig)}:
+        out["final_val_depths"] = depths  # the base config may restrict the final evaluation's depths
+    return out
+
+
 def _spec(
     name: str, base: str, scale: Scale, overrides: dict, axes: list[dict], description: str
 ) -> SweepSpec:
@@ -136,7 +147,7 @@ def stability_spec(smoke: bool) -> SweepSpec:
         "stability" + ("-smoke" if smoke else ""),
         "tiny",
         SMOKE if smoke else FULL,
-        {"max_steps": 4 if smoke else 50, "val_depths": [4] if not smoke else [2]},
+        {"max_steps": 4 if smoke else 50, **_depths([4] if not smoke else [2])},
         [
             {"model.injection_type": ["diagonal", "linear", "add"]},
             {"adam_lr": adam, "muon_lr": [2.5 * a for a in adam]},
@@ -151,7 +162,7 @@ def parcae_vs_gpt_spec(smoke: bool) -> SweepSpec:
         "parcae-vs-gpt" + ("-smoke" if smoke else ""),
         "tiny",
         SMOKE if smoke else FULL,
-        {"max_steps": 4 if smoke else 300, "val_depths": [1, 2, 4, 8] if not smoke else [1, 2]},
+        {"max_steps": 4 if smoke else 400, **_depths([1, 2, 4, 8] if not smoke else [1, 2])},
         [{"model_name": ["parcae-tiny", "gpt-tiny"]}],
         "Parcae vs GPT at equal parameters and equal tokens",
     )
@@ -159,12 +170,12 @@ def parcae_vs_gpt_spec(smoke: bool) -> SweepSpec:
 
 def scaling_spec(smoke: bool) -> SweepSpec:
     mus = [1, 2, 4, 8] if not smoke else [1, 2, 3]
-    budgets = [5e10, 1e11, 2e11] if not smoke else [2e8, 4e8]
+    budgets = [1e11, 2e11, 4e11] if not smoke else [2e8, 4e8]
     return _spec(
         "scaling" + ("-smoke" if smoke else ""),
         "tiny",
         SMOKE if smoke else FULL,
-        {"max_flops": budgets[0], "val_depths": [1]},
+        {"max_flops": budgets[0], **_depths([1])},
         [{"max_flops": budgets}, {"model.mean_recurrence": mus}],
         "mean recurrence x FLOP budget (iso-FLOP)",
     )
@@ -175,7 +186,7 @@ def test_time_spec(smoke: bool) -> SweepSpec:
         "test-time" + ("-smoke" if smoke else ""),
         "tiny",
         SMOKE if smoke else FULL,
-        {"max_steps": 4 if smoke else 200, "val_depths": [1]},
+        {"max_steps": 4 if smoke else 200, **_depths([1])},
         [{"model.mean_recurrence": [2, 4, 8] if not smoke else [2, 3]}],
         "test-time depth sweep of models trained at several mean recurrences",
     )

@@ -58,6 +58,17 @@ SPIKE_WARMUP_FRACTION = 0.1
 SUMMARY = "summary.json"
 DIVERGED = "diverged.json"
 _SWEEP_KEYS = {"name", "base", "overrides", "axes", "description"}
+# Settings that do not change what a run computes (where it runs, how it reports, resume bookkeeping).
+_RUNTIME_KEYS = {
+    "out_dir",
+    "resume",
+    "progress",
+    "threads",
+    "device",
+    "tensorboard",
+    "wandb",
+    "wandb_project",
+}
 
 
 class Emit(enum.StrEnum):
@@ -199,6 +210,23 @@ class SweepPoint:
     def finished(self) -> bool:
         return (self.run_dir / SUMMARY).is_file() or (self.run_dir / DIVERGED).is_file()
 
+    def check_run_dir(self) -> None:
+        """Refuse a run directory that was trained with different settings (say, an edited sweep file
+        reusing an output directory): skipping it would silently report the old run under the new grid."""
+        path = self.run_dir / "config.yaml"
+        if not path.is_file():
+            return
+        stored = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        wanted = self.config.to_dict()
+        diff = sorted(
+            k for k in set(stored) | set(wanted) if k not in _RUNTIME_KEYS and stored.get(k) != wanted.get(k)
+        )
+        if diff:
+            detail = ", ".join(f"{k}: {stored.get(k)!r} there, {wanted.get(k)!r} here" for k in diff[:4])
+            raise ConfigError(
+                f"{self.run_dir} holds a run with other settings ({detail}); use another --out or remove it"
+            )
+
     def cli_args(self) -> list[str]:
         """`parcae train` arguments reproducing this point exactly."""
         args = [self.config_name]
@@ -236,7 +264,7 @@ def _fmt_value(v: Any) -> str:
     if isinstance(v, enum.Enum):
         v = v.value
     if isinstance(v, float):
-        v = f"{v:g}"
+        v = f"{v:g}".replace("e+", "e")  # 1e+18 -> 1e18
     return re.sub(r"[^A-Za-z0-9.]+", "_", str(v)).strip("_") or "x"
 
 
@@ -377,6 +405,7 @@ def emit_commands(
     """One shell command per unfinished point (torchrun, or an sbatch submission wrapping it)."""
     lines = []
     for p in points:
+        p.check_run_dir()
         if p.finished():
             continue
         train = ["torchrun", "--standalone", f"--nproc_per_node={nproc_per_node}", "--no-python", "parcae"]
@@ -569,6 +598,8 @@ def run_sweep(
     points = expand(spec, out)
     plan = {"spec": spec.to_dict(), "points": [_plan_entry(p) for p in points]}
     atomic_write_text(out / "sweep.json", json.dumps(plan, indent=2, default=_json_default) + "\n")
+    for p in points:
+        p.check_run_dir()
     ran, skipped = [], []
     todo = [p for p in points if not p.finished()]
     skipped = [p.name for p in points if p.finished()]
