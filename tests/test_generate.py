@@ -39,7 +39,7 @@ def test_greedy_generation_is_deterministic_and_consistent(model):
     assert torch.equal(out, model.generate(x, 10, temperature=0))
     # Each greedy token is the argmax of the uncached forward on the prefix.
     logits = model(out)["logits"]
-    assert torch.equal(logits[:, 5:-1].argmax(-1), out[:, 6:])
+    assert torch.equal(logits[:, 5:-1, : model.config.vocab_size].argmax(-1), out[:, 6:])
     # top_k=1 and a tiny top_p are greedy too; a seeded generator makes sampling reproducible.
     assert torch.equal(model.generate(x, 10, top_k=1), out)
     assert torch.equal(model.generate(x, 10, top_p=1e-6), out)
@@ -88,3 +88,13 @@ def test_cache_memory_is_preallocated_once():
         model(torch.zeros(2, 5, dtype=torch.long), kv_cache=cache)
         model(torch.zeros(2, 1, dtype=torch.long), kv_cache=cache)
     assert [s.k.data_ptr() for s in cache.slots] == ptrs and cache.pos == 6
+
+
+def test_padding_ids_are_never_sampled():
+    torch.manual_seed(0)
+    model = parcae_lm.create_model("parcae-micro", init_strategy="scaled").eval()
+    assert model.config.padded_vocab_size > model.config.vocab_size
+    with torch.no_grad():  # make the padding rows the most likely tokens
+        model.lm_head.weight[model.config.vocab_size :] *= 100
+    out = model.generate(torch.zeros(4, 3, dtype=torch.long), 20, temperature=1.0)
+    assert int(out.max()) < model.config.vocab_size

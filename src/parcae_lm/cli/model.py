@@ -171,6 +171,11 @@ def cmd_generate(args) -> int:
             sys.stdout.flush()
             printed = text
 
+    if len(ids) + args.max_new_tokens > model.config.block_size:
+        raise ConfigError(
+            f"prompt ({len(ids)} tokens with BOS) + --max-new-tokens {args.max_new_tokens} exceeds the model's "
+            f"context of {model.config.block_size} tokens"
+        )
     if stream:
         sys.stdout.write(args.prompt)
     out = model.generate(

@@ -76,13 +76,14 @@ def generate(
     was_training = model.training
     model.eval()
     try:
+        vocab = model.config.vocab_size  # never sample the padding rows of the embedding table
         kwargs = {} if num_steps is None else {"num_steps": num_steps}
         cache = KVCache(model, B, T + max_new_tokens, **kwargs)
         out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=input_ids.device)
         out[:, :T] = input_ids
         if max_new_tokens == 0:
             return out
-        logits = model(input_ids, kv_cache=cache)["logits"][:, -1]
+        logits = model(input_ids, kv_cache=cache)["logits"][:, -1, :vocab]
         finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         for i in range(max_new_tokens):
             token = sample_next(logits, temperature, top_k, top_p, generator)
@@ -94,7 +95,7 @@ def generate(
                 on_token(token)
             if i + 1 == max_new_tokens or (eos_id is not None and bool(finished.all())):
                 return out[:, : T + i + 1]
-            logits = model(token[:, None], kv_cache=cache)["logits"][:, -1]
+            logits = model(token[:, None], kv_cache=cache)["logits"][:, -1, :vocab]
         return out
     finally:
         model.train(was_training)
