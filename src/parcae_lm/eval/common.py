@@ -63,7 +63,7 @@ def forward_logits(
     num_steps: int | None,
     doc_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """fp32 logits [B, T, V] at `num_steps` recurrences (bf16 autocast on CUDA, plain fp32 elsewhere).
+    """fp32 logits [B, T, vocab_size] at `num_steps` recurrences (bf16 autocast on CUDA, plain fp32 elsewhere).
 
     `num_steps` is only passed to looped models (None = the model's default depth); `doc_ids` masks
     attention to each token's own document."""
@@ -79,7 +79,8 @@ def forward_logits(
     )
     with autocast:
         logits = model(input_ids, **kwargs)["logits"]
-    logits = logits.float()
+    # Only real token ids: the embedding table's padding rows are never a valid prediction.
+    logits = logits[..., : model.config.vocab_size].float()
     if not torch.isfinite(logits).all():
         raise EvalError("the model produced non-finite logits (NaN/inf); the checkpoint or depth is unusable")
     return logits
