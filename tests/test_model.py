@@ -176,29 +176,17 @@ def test_gradients_flow_only_through_the_grad_steps():
     model(x, labels=x, num_steps=(2, 2))["loss"].backward()
     auto = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
-    tr, cfg = model.transformer, model.config
-    ctx = model.attn_context(cfg.head_size, 10, x.device)
-    e = tr.wte(x)
-    for i, b in enumerate(tr.prelude):
-        e = b(e, ctx, model._value_embedding(i, x))
-    e = tr.ln_prelude(e)
-    u = tr.adapter.prepare(e)
-    ves = [
-        model._value_embedding(cfg.n_layers_in_prelude + i, x) for i in range(cfg.n_layers_in_recurrent_block)
-    ]
-    h = model.initial_state(2, 10, 0, None, e)
-    with torch.no_grad():
+
+    def truncated(h, u, ves, ctx):
+        with torch.no_grad():
+            for _ in range(2):
+                h = model.core_step(h, u, ves, ctx)
+        h = h.detach()
         for _ in range(2):
             h = model.core_step(h, u, ves, ctx)
-    h = h.detach()
-    for _ in range(2):
-        h = model.core_step(h, u, ves, ctx)
-    y = tr.C(h)
-    for i, b in enumerate(tr.coda):
-        y = b(
-            y, ctx, model._value_embedding(cfg.n_layers_in_prelude + cfg.n_layers_in_recurrent_block + i, x)
-        )
-    model.head(tr.ln_f(y), x, False)["loss"].backward()
+        return h
+
+    _unrolled_loss(model, x, truncated).backward()
     for name, p in model.named_parameters():
         if p.grad is not None or name in auto:
             torch.testing.assert_close(auto[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
@@ -226,34 +214,35 @@ def test_every_parameter_gets_a_gradient(layers, model_name):
     assert not dead, dead
 
 
-def _masked_reference_recurrence(model: Parcae, x, depths):
-    """The reference's execution: every row runs max(n) then max(k) iterations, masked with torch.where."""
+def _unrolled_loss(model: Parcae, x, loop):
+    """The forward pass written out by hand around a custom `loop(h, u, ves, ctx) -> h`."""
     tr, cfg = model.transformer, model.config
     ctx = model.attn_context(cfg.head_size, x.shape[1], x.device)
     e = tr.wte(x)
     for i, b in enumerate(tr.prelude):
         e = b(e, ctx, model._value_embedding(i, x))
     e = tr.ln_prelude(e)
-    u = tr.adapter.prepare(e)
-    ves = [
-        model._value_embedding(cfg.n_layers_in_prelude + i, x) for i in range(cfg.n_layers_in_recurrent_block)
-    ]
-    h = model.initial_state(x.shape[0], x.shape[1], 0, None, e)
-    for steps, grad in ((depths.n, False), (depths.k, True)):
-        with torch.set_grad_enabled(grad):
-            for j in range(int(steps.max())):
-                active = (
-                    (steps > j).view(steps.shape[0], -1, 1)
-                    if steps.dim() == 2
-                    else (steps > j).view(-1, 1, 1)
-                )
-                h = torch.where(active, model.core_step(h, u, ves, ctx), h)
+    n_p, n_c = cfg.n_layers_in_prelude, cfg.n_layers_in_recurrent_block
+    ves = [model._value_embedding(n_p + i, x) for i in range(n_c)]
+    h = loop(model.initial_state(x.shape[0], x.shape[1], 0, None, e), tr.adapter.prepare(e), ves, ctx)
     y = tr.C(h)
     for i, b in enumerate(tr.coda):
-        y = b(
-            y, ctx, model._value_embedding(cfg.n_layers_in_prelude + cfg.n_layers_in_recurrent_block + i, x)
-        )
+        y = b(y, ctx, model._value_embedding(n_p + n_c + i, x))
     return model.head(tr.ln_f(y), x, False)["loss"]
+
+
+def _masked_reference_recurrence(model: Parcae, x, depths):
+    """The reference's execution: every row runs max(n) then max(k) iterations, masked with torch.where."""
+
+    def masked(h, u, ves, ctx):
+        for steps, grad in ((depths.n, False), (depths.k, True)):
+            with torch.set_grad_enabled(grad):
+                for j in range(int(steps.max())):
+                    active = (steps > j).view(steps.shape[0], -1, 1)  # [B, T or 1, 1]
+                    h = torch.where(active, model.core_step(h, u, ves, ctx), h)
+        return h
+
+    return _unrolled_loss(model, x, masked)
 
 
 @pytest.mark.parametrize("method", [IterationMethod.PER_SEQUENCE, IterationMethod.PER_TOKEN])
