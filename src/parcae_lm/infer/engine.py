@@ -1,0 +1,363 @@
+"""A lean inference engine: the model's weights, repacked once, driven with a preallocated KV cache.
+
+The training-oriented forward spends most of a one-token decode step in Python and small-op overhead
+(three q/k/v matmuls, RoPE as a dozen elementwise ops, fresh RoPE slices, logits for every position).
+`Engine` computes exactly the same function with fewer, fused operations per block:
+
+- q, k and v come from one matmul against a concatenated weight;
+- RoPE is one complex multiply on q and k together, against a precomputed e^{iθ} table (the same
+  interleaved-pair rotation as `layers.apply_rope`, in fp32);
+- QK-norm runs once over q and k together; the ½ of ½·ReLU² is folded into the MLP output weight (exact:
+  a power of two), and residual adds are fused into `addmm`;
+- the head runs on the last position only.
+
+It reads the model's modules at construction (so build it after loading/quantizing weights) and never
+modifies the model. Parcae and GPT are both supported; for Parcae the loop is exposed one iteration at
+a time (`prelude`, `iterate`, `readout`) so adaptive-depth decoding (`infer.adaptive`) can drive it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from parcae_lm.config import Activation, Norm
+from parcae_lm.infer.kv_cache import FULL_CACHE, CacheStrategy, KVCache, KVSlot
+from parcae_lm.model import GPT, LanguageModel, Parcae
+from parcae_lm.model.layers import VE_GATE_CHANNELS, Block, rope_table
+
+
+@dataclass
+class _Rope:
+    cis: Tensor  # [block_size, D/2] complex64: e^{iθ(pos, pair)}
+
+
+class FastBlock:
+    """One transformer block with repacked weights. Calls mirror `layers.Block.forward` numerically."""
+
+    def __init__(self, block: Block, rope: _Rope, norm: Norm, act: Activation) -> None:
+        if norm != Norm.RMSNORM or act != Activation.RELU2:
+            raise NotImplementedError(
+                f"the fast engine implements RMSNorm + ReLU² blocks (got {norm.value}, {act.value}); "
+                "use the model's forward for this config"
+            )
+        a, m = block.attn, block.mlp
+        self.n_head, self.n_kv, self.head_size = a.n_head, a.n_kv, a.head_size
+        self.qk_norm = a.qk_norm
+        self.rope = rope
+        self.norm_1_w, self.norm_1_eps = block.norm_1.weight, block.norm_1.eps
+        self.norm_2_w, self.norm_2_eps = block.norm_2.weight, block.norm_2.eps
+        self.dq, self.dk = a.n_head * a.head_size, a.n_kv * a.head_size
+        self.qkv = _fused_linear([a.c_q, a.c_k, a.c_v])
+        self.proj = _LinearOp.of(a.c_proj)
+        self.gate = None if a.ve_gate is None else _LinearOp.of(a.ve_gate)
+        self.fc = _LinearOp.of(m.fc)
+        self.mlp_proj = _LinearOp.of(m.proj, scale=0.5)  # ½·relu(x)² → relu(x)² @ (½W)ᵀ
+
+    def __call__(self, x: Tensor, pos: int, ve: Tensor | None, k_buf: Tensor, v_buf: Tensor) -> Tensor:
+        """x [B, T, d] at positions pos..pos+T; writes this block's K/V into the buffers [B, H, L, D]."""
+        B, T, d = x.shape
+        h = F.rms_norm(x.float(), (d,), eps=self.norm_1_eps).to(x.dtype) * self.norm_1_w
+        qkv = self.qkv(h)
+        qk = qkv[..., : self.dq + self.dk].float().unflatten(-1, (self.n_head + self.n_kv, -1, 2))
+        qk = torch.view_as_real(torch.view_as_complex(qk) * self.rope.cis[pos : pos + T, None])
+        qk = qk.flatten(-2).to(x.dtype)
+        if self.qk_norm:
+            qk = F.rms_norm(qk, (self.head_size,))
+        v = qkv[..., self.dq + self.dk :].view(B, T, self.n_kv, self.head_size)
+        if ve is not None and self.gate is not None:
+            gate = torch.sigmoid(self.gate(h[..., :VE_GATE_CHANNELS])).unsqueeze(-1)
+            v = torch.addcmul(v, gate, ve.view(B, T, self.n_kv, self.head_size), value=2.0)
+        q, k = qk[:, :, : self.n_head].transpose(1, 2), qk[:, :, self.n_head :].transpose(1, 2)
+        end = pos + T
+        k_buf[:, :, pos:end] = k
+        v_buf[:, :, pos:end] = v.transpose(1, 2)
+        y = F.scaled_dot_product_attention(
+            q,
+            k_buf[:, :, :end],
+            v_buf[:, :, :end],
+            attn_mask=_causal_mask(pos, T, x.device),
+            enable_gqa=self.n_head != self.n_kv,
+        )
+        x = self.proj.add_to(x, y.transpose(1, 2).reshape(B, T, -1))
+        h = F.rms_norm(x.float(), (d,), eps=self.norm_2_eps).to(x.dtype) * self.norm_2_w
+        f = self.fc(h).relu_().square_()
+        return self.mlp_proj.add_to(x, f)
+
+
+class _LinearOp:
+    """y = x @ Wᵀ (+ b); plain weights or a quantized module's own forward."""
+
+    def __init__(self, weight: Tensor | None, bias: Tensor | None, module: nn.Module | None = None) -> None:
+        self.weight, self.bias, self.module = weight, bias, module
+
+    @classmethod
+    def of(cls, lin: nn.Module, scale: float = 1.0) -> _LinearOp:
+        if type(lin) is not nn.Linear:  # e.g. a dynamically quantized Linear: keep its kernel
+            if scale != 1.0:
+                return cls(None, None, _Scaled(lin, scale))
+            return cls(None, None, lin)
+        w = lin.weight.detach() * scale if scale != 1.0 else lin.weight.detach()
+        b = None if lin.bias is None else lin.bias.detach() * scale
+        return cls(w, b)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.module is not None:
+            return self.module(x)
+        return F.linear(x, self.weight, self.bias)
+
+    def add_to(self, x: Tensor, inp: Tensor) -> Tensor:
+        """x + linear(inp), fused into one addmm for plain weights."""
+        if self.module is not None or self.bias is not None:
+            return x + self(inp)
+        shape = x.shape
+        return torch.addmm(x.reshape(-1, shape[-1]), inp.reshape(-1, inp.shape[-1]), self.weight.t()).view(
+            shape
+        )
+
+
+class _Scaled(nn.Module):
+    def __init__(self, inner: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.inner, self.scale = inner, scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner(x) * self.scale
+
+
+def _fused_linear(lins: list[nn.Module]) -> _LinearOp:
+    if all(type(lin) is nn.Linear for lin in lins):
+        w = torch.cat([lin.weight.detach() for lin in lins])
+        b = None if lins[0].bias is None else torch.cat([lin.bias.detach() for lin in lins])
+        return _LinearOp(w, b)
+    return _LinearOp(None, None, _Concat(lins))
+
+
+class _Concat(nn.Module):
+    def __init__(self, lins: list[nn.Module]) -> None:
+        super().__init__()
+        self.lins = nn.ModuleList(lins)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([lin(x) for lin in self.lins], dim=-1)
+
+
+def _causal_mask(pos: int, T: int, device) -> Tensor | None:
+    """Bottom-right causal mask for T queries at pos.. over pos+T keys; None for a single query."""
+    if T == 1:
+        return None
+    q = torch.arange(pos, pos + T, device=device)[:, None]
+    return torch.arange(pos + T, device=device)[None, :] <= q
+
+
+def _rope(cfg, head_size: int, device) -> _Rope:
+    return _Rope(rope_table(cfg.block_size, head_size, cfg.rope_base, cfg.rope_condense_ratio, device))
+
+
+# --------------------------------------------------------------------------------------------------
+class Engine:
+    """Prefill + one-token decode steps for a Parcae or GPT model, with a preallocated `KVCache`.
+
+    >>> eng = Engine(model, batch_size=1, max_len=512)
+    >>> logits = eng.prefill(prompt_ids)          # [B, V] for the last prompt position
+    >>> logits = eng.step(next_token)             # [B, V], one new token per row
+    """
+
+    def __init__(
+        self,
+        model: LanguageModel,
+        batch_size: int,
+        max_len: int,
+        num_steps: int | None = None,
+        strategy: CacheStrategy = FULL_CACHE,
+        cache_dtype: torch.dtype | None = None,
+    ) -> None:
+        if model.training:
+            raise ValueError("Engine runs models in eval mode; call model.eval() first")
+        cfg = model.config
+        self.model, self.config = model, cfg
+        self.is_parcae = isinstance(model, Parcae)
+        kw = {} if num_steps is None else {"num_steps": num_steps}
+        self.cache = KVCache(model, batch_size, max_len, dtype=cache_dtype, strategy=strategy, **kw)
+        self.num_steps = self.cache.num_steps
+        self.batch_size = batch_size
+        device = model.device
+        tr = model.transformer
+        main_rope = _rope(cfg, cfg.head_size, device)
+        mk = lambda b, rope: FastBlock(b, rope, cfg.norm_class_name, cfg.nonlin_name)  # noqa: E731
+        self.wte = tr.wte.weight
+        self.head = _LinearOp.of(model.lm_head)
+        self.vocab_size = model.lm_head.out_features
+        self.softcap = cfg.logit_softcap
+        self.ln_f_w, self.ln_f_eps = tr.ln_f.weight, tr.ln_f.eps
+        if isinstance(model, GPT):
+            self.blocks = [mk(b, main_rope) for b in tr.h]
+            self.ve_tables = [_ve_table(model, i) for i in range(len(self.blocks))]
+            return
+        assert isinstance(model, Parcae)
+        core_rope = (
+            main_rope if model.core_head_size == cfg.head_size else _rope(cfg, model.core_head_size, device)
+        )
+        n_p, n_c = cfg.n_layers_in_prelude, cfg.n_layers_in_recurrent_block
+        self.prelude = [mk(b, main_rope) for b in tr.prelude]
+        self.core = [mk(b, core_rope) for b in tr.core_block]
+        self.coda = [mk(b, main_rope) for b in tr.coda]
+        self.prelude_ve = [_ve_table(model, i) for i in range(n_p)]
+        self.core_ve = [_ve_table(model, n_p + i) for i in range(n_c)]
+        self.coda_ve = [_ve_table(model, n_p + n_c + i) for i in range(len(self.coda))]
+        self.ln_prelude = (tr.ln_prelude.weight, tr.ln_prelude.eps) if cfg.prelude_norm else None
+        self.adapter = tr.adapter
+        self.C = _LinearOp.of(tr.C)
+        with torch.no_grad():
+            # The injection's per-iteration factor and input term are constants of the weights.
+            self.state_decay = _state_decay(tr.adapter)
+
+    # -- whole-token paths ------------------------------------------------------------------------
+    @property
+    def pos(self) -> int:
+        return self.cache.pos
+
+    def reset(self) -> None:
+        """Start a new sequence in the same buffers (old entries are overwritten before being read)."""
+        self.cache.pos = 0
+
+    @torch.no_grad()
+    def prefill(self, ids: Tensor) -> Tensor:
+        """Process a [B, T] chunk at the current position; returns the last position's logits [B, V]."""
+        return self.logits(self.hidden(ids)[:, -1])
+
+    @torch.no_grad()
+    def step(self, token: Tensor) -> Tensor:
+        """One new token per row ([B]); returns logits [B, V]."""
+        return self.logits(self.hidden(token[:, None])[:, 0])
+
+    @torch.no_grad()
+    def hidden(self, ids: Tensor) -> Tensor:
+        """Final-normed hidden states [B, T, d] for a chunk at the current position (advances the cache)."""
+        B, T = ids.shape
+        pos = self.cache.pos
+        if pos + T > self.cache.max_len:
+            raise ValueError(f"KV cache overflow: {pos} + {T} tokens > max_len={self.cache.max_len}")
+        if not self.is_parcae:
+            x = F.embedding(ids, self.wte)
+            for i, blk in enumerate(self.blocks):
+                x = self._run(blk, x, pos, _lookup(self.ve_tables[i], ids), self.cache.slot(i))
+            self.cache.advance(T)
+            return self.final_norm(x)
+        e = self.prelude_out(ids, pos)
+        h, u = self.initial_state(B, T, pos, e), self.inject_input(e)
+        ves = self.core_values(ids)
+        for r in range(self.num_steps):
+            h = self.iterate(h, u, ves, pos, r)
+        y = self.coda_out(h, ids, pos)
+        self.cache.advance(T)
+        return y
+
+    # -- Parcae pieces (used by adaptive decoding) -------------------------------------------------
+    def prelude_out(self, ids: Tensor, pos: int) -> Tensor:
+        x = F.embedding(ids, self.wte)
+        for i, blk in enumerate(self.prelude):
+            x = self._run(blk, x, pos, _lookup(self.prelude_ve[i], ids), self.cache.slot(i))
+        if self.ln_prelude is not None:
+            w, eps = self.ln_prelude
+            x = F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype) * w
+        return x
+
+    def initial_state(self, B: int, T: int, pos: int, e: Tensor) -> Tensor:
+        return self.model.initial_state(B, T, pos, None, e)
+
+    def inject_input(self, e: Tensor) -> Tensor:
+        return self.adapter.prepare(e)
+
+    def core_values(self, ids: Tensor) -> list[Tensor | None]:
+        return [_lookup(t, ids) for t in self.core_ve]
+
+    def inject(self, h: Tensor, u: Tensor) -> Tensor:
+        if self.state_decay is not None:
+            return torch.addcmul(u, h, self.state_decay)
+        return self.adapter.step(h, u)
+
+    def iterate(
+        self,
+        h: Tensor,
+        u: Tensor,
+        ves: list[Tensor | None],
+        pos: int,
+        iteration: int,
+        rows: Tensor | None = None,
+    ) -> Tensor:
+        """One loop iteration for the rows in `rows` (all when None); writes their core K/V at pos.."""
+        x = self.inject(h, u)
+        for i, blk in enumerate(self.core):
+            slot = self.cache.core_slot(iteration, i)
+            x = self._run(blk, x, pos, ves[i], slot, rows)
+        return x
+
+    def coda_out(self, h: Tensor, ids: Tensor, pos: int, rows: Tensor | None = None) -> Tensor:
+        y = self.C(h)
+        for i, blk in enumerate(self.coda):
+            y = self._run(blk, y, pos, _lookup(self.coda_ve[i], ids), self.cache.coda_slot(i), rows)
+        return self.final_norm(y)
+
+    def final_norm(self, y: Tensor) -> Tensor:
+        return F.rms_norm(y.float(), (y.shape[-1],), eps=self.ln_f_eps).to(y.dtype) * self.ln_f_w
+
+    def logits(self, y: Tensor) -> Tensor:
+        logits = self.head(y).float()
+        if self.softcap is not None:
+            logits = self.softcap * torch.tanh(logits / self.softcap)
+        return logits
+
+    def _run(
+        self, blk: FastBlock, x: Tensor, pos: int, ve: Tensor | None, slot: KVSlot, rows: Tensor | None = None
+    ) -> Tensor:
+        if rows is None:
+            return blk(x, pos, ve, slot.k, slot.v)
+        # A subset of rows: run on gathered buffers, then scatter the new K/V column(s) back.
+        end = pos + x.shape[1]
+        k, v = slot.k[rows, :, :end], slot.v[rows, :, :end]
+        out = blk(x, pos, ve, k, v)
+        slot.k[rows, :, pos:end] = k[:, :, pos:end]
+        slot.v[rows, :, pos:end] = v[:, :, pos:end]
+        return out
+
+
+def _ve_table(model: LanguageModel, layer: int) -> Tensor | None:
+    key = str(layer)
+    return model.value_embeds[key].weight if key in model.value_embeds else None
+
+
+def _lookup(table: Tensor | None, ids: Tensor) -> Tensor | None:
+    return None if table is None else F.embedding(ids, table)
+
+
+def _state_decay(adapter: nn.Module) -> Tensor | None:
+    """Ā as a vector when the injection is diagonal (h·Ā + u is then one addcmul), else None."""
+    if hasattr(adapter, "A_log"):
+        return adapter.state_matrix().to(adapter.B.dtype)
+    return None
+
+
+@torch.no_grad()
+def fast_generate(
+    model: LanguageModel,
+    input_ids: Tensor,
+    max_new_tokens: int,
+    num_steps: int | None = None,
+    strategy: CacheStrategy = FULL_CACHE,
+) -> Tensor:
+    """Greedy continuation with the engine (the benchmark's and exporters' reference path)."""
+    B, T = input_ids.shape
+    eng = Engine(model, B, T + max_new_tokens, num_steps, strategy)
+    out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=input_ids.device)
+    out[:, :T] = input_ids
+    logits = eng.prefill(input_ids)
+    for i in range(max_new_tokens):
+        token = logits.argmax(-1)
+        out[:, T + i] = token
+        if i + 1 < max_new_tokens:
+            logits = eng.step(token)
+    return out

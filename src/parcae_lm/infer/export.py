@@ -1,0 +1,126 @@
+"""Smaller and portable models: int8 dynamic quantization (CPU), torch.export and ONNX.
+
+- `quantize_int8`: every nn.Linear (blocks, C, the unembedding) becomes a dynamically quantized int8
+  Linear: weights stored int8 per tensor, activations quantized per batch at run time, fp32 accumulation
+  and output. Embedding tables stay fp32 (lookups, no matmul). CPU only (the kernels are fbgemm/onednn).
+- `export_program` / `export_onnx`: the fixed-depth, cache-free forward ids [B, T] → logits [B, T, V]
+  as a `torch.export` program (.pt2, loadable without our code) or an ONNX graph (the `onnx`,
+  `onnxscript` packages; run it with onnxruntime). The batch size is dynamic; the sequence length is
+  fixed at export time, because the model's attention chooses `is_causal` from the length in Python,
+  which torch.export cannot keep symbolic.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from parcae_lm.errors import ConfigError
+from parcae_lm.model import LanguageModel
+
+
+def quantize_int8(model: LanguageModel) -> LanguageModel:
+    """A copy of `model` with int8 dynamic quantization of every Linear. The original is untouched."""
+    if model.device.type != "cpu":
+        raise ConfigError(
+            f"int8 dynamic quantization runs on CPU only (model is on {model.device}); move it with .cpu()"
+        )
+    dtype = model.transformer.wte.weight.dtype
+    if dtype != torch.float32:
+        raise ConfigError(f"int8 dynamic quantization needs an fp32 model, got {dtype}; call .float() first")
+    from torch.ao.quantization import quantize_dynamic
+
+    q = copy.deepcopy(model).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices (the kernels are still supported)
+        # The tied head shares wte's tensor: untie it first so the embedding lookup stays fp32.
+        q.lm_head = nn.Linear(q.lm_head.in_features, q.lm_head.out_features, bias=False)
+        q.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
+        quantize_dynamic(q, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    q.tie_weights = lambda: None  # type: ignore[method-assign]  (the head is its own int8 matrix now)
+    return q
+
+
+def state_dict_bytes(model: nn.Module) -> int:
+    """Size of the model's weights as torch.save writes them (the tied head counted once)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.tell()
+
+
+class LogitsModule(nn.Module):
+    """ids → logits at a fixed depth: the function the exporters trace."""
+
+    def __init__(self, model: LanguageModel, num_steps: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.kwargs = {} if num_steps is None or not model.config.is_parcae else {"num_steps": num_steps}
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        return self.model(input_ids, **self.kwargs)["logits"]
+
+
+def _example(model: LanguageModel, batch: int = 2, seq_len: int = 16) -> Tensor:
+    return torch.randint(0, model.config.vocab_size, (batch, seq_len), device=model.device)
+
+
+def export_program(model: LanguageModel, seq_len: int, num_steps: int | None = None):
+    """torch.export of the fixed-depth forward for [batch, seq_len] inputs (batch dynamic)."""
+    from torch.export import Dim, export
+
+    if model.training:
+        raise ConfigError("export an eval-mode model (model.eval()): training samples depths at random")
+    if not 1 <= seq_len <= model.config.block_size:
+        raise ConfigError(f"seq_len must be in [1, block_size={model.config.block_size}], got {seq_len}")
+    batch = Dim("batch", min=1, max=1024)
+    with torch.no_grad():
+        return export(
+            LogitsModule(model, num_steps), (_example(model, 2, seq_len),), dynamic_shapes=({0: batch},)
+        )
+
+
+def save_program(program, path: str | os.PathLike) -> Path:
+    import io
+
+    from parcae_lm.cache import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def load_program(path: str | os.PathLike):
+    return torch.export.load(str(path))
+
+
+def export_onnx(
+    model: LanguageModel, path: str | os.PathLike, seq_len: int, num_steps: int | None = None
+) -> Path:
+    """ONNX graph of the fixed-depth forward (needs the optional `onnx` and `onnxscript` packages)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(
+            f"ONNX export needs the onnx and onnxscript packages ({e.name} is missing)"
+        ) from None
+    if model.device.type != "cpu" or model.transformer.wte.weight.dtype != torch.float32:
+        raise ConfigError("ONNX export expects an fp32 CPU model (call .cpu().float() first)")
+    program = export_program(model, seq_len, num_steps)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
+        onnx_program.save(str(tmp))
+    os.replace(tmp, path)
+    return path

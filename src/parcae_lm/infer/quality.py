@@ -1,0 +1,108 @@
+"""Quality of inference-time approximations, measured as validation bits per byte.
+
+Text is scored *token by token* through the KV cache — exactly how it is consumed when generating — so
+that adaptive depth and shared-slot caches (which only differ from the exact model across decode steps)
+are measured where they act. With the full cache and a fixed depth this equals the parallel forward to
+float rounding; that number is the baseline every approximation is compared with.
+
+Byte accounting follows `eval.bpb`: a target is scored when it is not padding and stands for ≥ 1 byte.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from parcae_lm.errors import EvalError
+from parcae_lm.infer.adaptive import AdaptiveDecoder, ExitRule
+from parcae_lm.infer.kv_cache import FULL_CACHE, CacheStrategy
+from parcae_lm.model import LanguageModel
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class StepwiseResult:
+    label: str
+    bits_per_byte: float
+    loss: float
+    tokens: int
+    bytes: int
+    mean_iterations: float  # core iterations per scored token (adaptive depth)
+    kv_cache_bytes: int
+    core_flops_fraction: float  # mean_iterations / max_steps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def stepwise_bpb(
+    model: LanguageModel,
+    batches: Iterable[tuple[Tensor, ...]],
+    token_bytes: Tensor,
+    rule: ExitRule | None = None,
+    strategy: CacheStrategy = FULL_CACHE,
+    label: str = "",
+    progress: bool = False,
+) -> StepwiseResult:
+    """bpb of (x, y[, ...]) batches scored one token at a time with `rule` (None: fixed depth)."""
+    rule = rule or ExitRule(threshold=0.0)
+    nats, tokens, nbytes, iters = 0.0, 0, 0, 0
+    kv_bytes, max_steps = 0, 1
+    token_bytes = token_bytes.to(model.device)
+    for batch in tqdm(list(batches), desc=label or "stepwise bpb", disable=not progress, leave=False):
+        x, y = batch[0].to(model.device), batch[1].to(model.device)
+        B, T = x.shape
+        dec = AdaptiveDecoder(model, B, T, rule, strategy)
+        kv_bytes, max_steps = dec.engine.cache.memory_bytes(), dec.max_steps
+        valid = y != IGNORE_INDEX
+        tb = torch.where(valid, token_bytes[y.clamp(min=0)], 0)
+        for t in range(T):
+            logits = dec.step(x[:, t])
+            scored = tb[:, t] > 0
+            if not bool(scored.any()):
+                continue
+            nll = F.cross_entropy(logits.float(), y[:, t].clamp(min=0), reduction="none")
+            if not torch.isfinite(nll[scored]).all():
+                raise EvalError(f"non-finite loss at position {t} ({label})")
+            nats += float(nll[scored].double().sum())
+            tokens += int(scored.sum())
+            nbytes += int(tb[scored, t].sum())
+            iters += int(dec.last_depths[scored].sum())
+    if tokens == 0 or nbytes == 0:
+        raise EvalError("no scored tokens in the evaluation batches")
+    mean_it = iters / tokens
+    return StepwiseResult(
+        label=label,
+        bits_per_byte=nats / (math.log(2) * nbytes),
+        loss=nats / tokens,
+        tokens=tokens,
+        bytes=nbytes,
+        mean_iterations=mean_it,
+        kv_cache_bytes=kv_bytes,
+        core_flops_fraction=mean_it / max_steps,
+    )
+
+
+def validation_batches(
+    shard_dir, seq_len: int, batch_size: int, num_batches: int
+) -> list[tuple[Tensor, ...]]:
+    """The first `num_batches` batches of the validation split (no document masking: a cache sees one
+    stream per row)."""
+    from parcae_lm.data.loader import iter_eval_batches
+
+    out = []
+    for batch in iter_eval_batches(shard_dir, "val", batch_size, seq_len):
+        out.append(batch)
+        if len(out) == num_batches:
+            break
+    if not out:
+        raise EvalError(f"no validation batches in {shard_dir}")
+    return out
