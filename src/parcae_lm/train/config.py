@@ -84,7 +84,8 @@ class RunConfig:
 
     # --- systems ---
     precision: Precision = Precision.AUTO
-    compile: bool = False
+    compile: bool = False  # torch.compile each transformer block (the recurrence loop stays eager)
+    activation_checkpointing: bool = False  # recompute each gradient-carrying recurrence iteration (Parcae)
     strategy: Strategy = Strategy.DDP
     device: str | None = None  # None -> cuda:<local rank> if available, else cpu
     threads: int | None = None  # torch CPU threads; None -> torch's default
@@ -94,9 +95,9 @@ class RunConfig:
     eval_interval: int = 100
     eval_batches: int | None = None  # validation micro-batches per eval; None -> the whole split
     eval_batch_size: int | None = None  # None -> micro_batch_size
-    val_depths: list[int] = field(
-        default_factory=lambda: [1, 2, 4, 8]
-    )  # Parcae only; mean_recurrence is added
+    # Parcae validation depths (the mean recurrence is always added); GPT evaluates once.
+    val_depths: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    final_val_depths: list[int] | None = None  # the final full-split evaluation; None -> val_depths
     save_interval: int = 500  # in optimizer steps; the final step is always saved
     keep_last_k: int = 2
     resume: bool = False  # continue from the newest checkpoint in the run directory
@@ -170,8 +171,10 @@ class RunConfig:
             raise ConfigError(
                 "muon_momentum_warmup_steps, muon_weight_decay and adam_weight_decay must be >= 0"
             )
-        if not self.val_depths or any(d <= 0 for d in self.val_depths):
-            raise ConfigError(f"val_depths must be a non-empty list of positive ints, got {self.val_depths}")
+        for key in ("val_depths", "final_val_depths"):
+            depths = getattr(self, key)
+            if depths is not None and (not depths or any(d <= 0 for d in depths)):
+                raise ConfigError(f"{key} must be a non-empty list of positive ints, got {depths}")
         if (self.shard_dir is None) != (self.tokenizer_dir is None):
             raise ConfigError(
                 "shard_dir and tokenizer_dir go together: give both, or neither for the default corpus"

@@ -120,7 +120,8 @@ def plot_curves(metrics_path: Path, out_path: Path, title: str) -> Path | None:
     """Train loss, validation bpb per depth and the LR schedule against step, as a PNG."""
     records = read_metrics(metrics_path)
     train = [r for r in records if r.get("kind") == "train" and r.get("loss") is not None]
-    val = [r for r in records if r.get("kind") == "val"]
+    val = [r for r in records if r.get("kind") == "val" and not r.get("final")]
+    final = [r for r in records if r.get("kind") == "val" and r.get("final")]
     if not train and not val:
         return None
     import matplotlib
@@ -136,12 +137,19 @@ def plot_curves(metrics_path: Path, out_path: Path, title: str) -> Path | None:
     ax.set_title("train loss")
     ax.grid(alpha=0.3)
     ax = axes[1]
-    depth_keys = sorted({k for r in val for k in r if k.startswith("bpb")}, key=lambda k: (len(k), k))
+    depth_keys = sorted({k for r in val + final for k in r if k.startswith("bpb")}, key=lambda k: (len(k), k))
     for key in depth_keys:
+        label = "val bpb" if key == "bpb" else f"val bpb, depth {key.split('_d')[-1]}"
         pts = [(r["step"], r[key]) for r in val if r.get(key) is not None]
         if pts:
-            label = "val bpb" if key == "bpb" else f"val bpb, depth {key.split('_d')[-1]}"
-            ax.plot(*zip(*pts), marker="o", label=label)
+            (line,) = ax.plot(*zip(*pts), marker="o", label=label)
+            color = line.get_color()
+        else:
+            color = None
+        # Periodic evals use `eval_batches` batches; the final one the whole split: mark it apart.
+        end = [(r["step"], r[key]) for r in final if r.get(key) is not None]
+        if end:
+            ax.scatter(*zip(*end), marker="*", s=120, color=color, label=f"{label} (final, full split)")
     ax.set_xlabel("step")
     ax.set_ylabel("bits per byte")
     ax.set_title("validation")

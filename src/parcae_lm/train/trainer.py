@@ -95,11 +95,12 @@ def build_model_config(cfg: RunConfig, vocab_size: int):
     return mcfg
 
 
-def eval_depths(cfg: RunConfig, mcfg) -> list[int | None]:
+def eval_depths(cfg: RunConfig, mcfg, final: bool = False) -> list[int | None]:
     """Validation depths: the configured ones plus the mean recurrence (Parcae); [None] for GPT."""
     if not getattr(mcfg, "is_parcae", False):
         return [None]
-    return sorted(set(cfg.val_depths) | {int(mcfg.mean_recurrence)})
+    chosen = cfg.final_val_depths if final and cfg.final_val_depths is not None else cfg.val_depths
+    return sorted(set(chosen) | {int(mcfg.mean_recurrence)})
 
 
 def flops_per_token(mcfg, seq_len: int, model: nn.Module) -> float:
@@ -126,42 +127,45 @@ def evaluate(
     seq_len: int,
     token_bytes: torch.Tensor,
     info: DistInfo,
-    precision: Precision,
     max_batches: int | None,
     split: str = "val",
 ) -> dict[str, float]:
-    """Mean validation loss (nats/token) and bits per byte at each depth, over the split (or its first
-    `max_batches` batches), sharded round-robin over ranks and summed across them."""
+    """Validation loss (nats per scored token) and bits per byte at each depth, over the split (or its first
+    `max_batches` batches), sharded round-robin over ranks and summed across them.
+
+    Per-batch accounting is `parcae_lm.eval.bpb.batch_sums` (documents masked to themselves, special-token
+    targets not scored), so these numbers are the ones `parcae eval bpb` reports for the same shards."""
     from parcae_lm.data.loader import iter_eval_batches
 
     model = _eval_module(model)
     was_training = model.training
     model.eval()
-    token_bytes = token_bytes.to(info.device)
     results: dict[str, float] = {}
     for depth in depths:
-        totals = torch.zeros(3, dtype=torch.float64, device=info.device)  # nats, tokens, bytes
+        totals = torch.zeros(3, dtype=torch.float64)  # nats, scored tokens, bytes
         n_local, n_seen = 0, 0
         first = None
-        for i, batch in enumerate(iter_eval_batches(shard_dir, split, batch_size, seq_len)):
+        for i, batch in enumerate(
+            iter_eval_batches(shard_dir, split, batch_size, seq_len, with_doc_ids=True)
+        ):
             if max_batches is not None and i >= max_batches:
                 break
             n_seen += 1
             first = batch if first is None else first
             if i % info.world_size != info.rank:
                 continue
-            totals += _eval_batch(model, batch, depth, token_bytes, info, precision)
+            totals += _eval_batch(model, batch, depth, token_bytes)
             n_local += 1
         # A sharded (FSDP) model needs every rank in every forward: short ranks run discarded batches.
         for _ in range(math.ceil(n_seen / info.world_size) - n_local):
-            _eval_batch(model, first, depth, token_bytes, info, precision)
-        all_reduce_sum(totals)
+            _eval_batch(model, first, depth, token_bytes)
+        totals = all_reduce_sum(totals.to(info.device)).cpu()
         nats, tokens, nbytes = totals.tolist()
-        if tokens == 0:
-            raise TrainingError(f"validation split {split!r} in {shard_dir} produced no tokens")
+        if tokens == 0 or nbytes == 0:
+            raise TrainingError(f"validation split {split!r} in {shard_dir} has no scored tokens")
         suffix = "" if depth is None else f"_d{depth}"
         results[f"loss{suffix}"] = nats / tokens
-        results[f"bpb{suffix}"] = nats / math.log(2) / nbytes if nbytes > 0 else float("nan")
+        results[f"bpb{suffix}"] = nats / math.log(2) / nbytes
     model.train(was_training)
     return results
 
@@ -172,15 +176,10 @@ def _eval_module(model: nn.Module) -> nn.Module:
     return model if hasattr(inner, "set_requires_gradient_sync") else inner  # FSDP2 must stay sharded
 
 
-def _eval_batch(model, batch, depth, token_bytes, info, precision) -> torch.Tensor:
-    x, y = batch[0].to(info.device), batch[1].to(info.device)
-    doc_ids = batch[2].to(info.device) if len(batch) > 2 else None
-    with autocast_context(precision, info.device):
-        out = model(x, labels=y, return_logits=False, num_steps=depth, doc_ids=doc_ids)
-    mask = y != -100
-    count = mask.sum()
-    nbytes = token_bytes[y[mask]].sum()
-    return torch.stack([out["loss"].double() * count, count.double(), nbytes.double()])
+def _eval_batch(model: nn.Module, batch, depth: int | None, token_bytes: torch.Tensor) -> torch.Tensor:
+    from parcae_lm.eval.bpb import batch_sums
+
+    return torch.tensor(batch_sums(model, batch, token_bytes, depth), dtype=torch.float64)
 
 
 # ---------------------------------------------------------------------- the run
@@ -201,10 +200,11 @@ class Budget:
             return 1.0 / self.max_steps
         return last_step_seconds / self.train_seconds
 
-    def done(self, step: int, train_elapsed: float) -> bool:
+    def done(self, step: int, train_elapsed: float, last_step_seconds: float = 0.0) -> bool:
         if self.max_steps is not None:
             return step >= self.max_steps
-        return train_elapsed >= self.train_seconds
+        # Do not start a step that would end past the budget.
+        return train_elapsed + last_step_seconds > self.train_seconds
 
 
 @dataclass
@@ -212,7 +212,7 @@ class TrainerState:
     step: int = 0  # optimizer steps done
     micro_step: int = 0  # micro-batches done on this rank
     tokens: int = 0  # training tokens consumed, all ranks
-    train_elapsed: float = 0.0  # seconds inside the training loop (excluding evals and saves)
+    train_elapsed: float = 0.0  # seconds in the training loop, periodic evals and checkpoints included
     train_seconds: float | None = None  # the time budget, fixed at the first launch
     best_val_bpb: float | None = None
 
@@ -278,11 +278,18 @@ def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> 
     raw = mcfg.construct_model().to(info.device)
     n_params = sum(p.numel() for p in raw.parameters())
     fpt = flops_per_token(mcfg, cfg.seq_len, raw)
+    if cfg.activation_checkpointing:
+        if not hasattr(raw, "gradient_checkpointing"):
+            raise ConfigError(
+                f"activation_checkpointing is only implemented for Parcae models, not {mcfg.name}"
+            )
+        raw.gradient_checkpointing = True
+    if cfg.compile:
+        raw.compile_blocks()  # before wrapping, so DDP/FSDP see the compiled blocks
     model = wrap_model(raw, cfg.strategy, info)
     optimizer = MuonAdamW(unwrap(model), cfg)
-    if cfg.compile:
-        model = torch.compile(model)
     depths = eval_depths(cfg, mcfg)
+    final_depths = eval_depths(cfg, mcfg, final=True)
     compat = {
         "model_config": mcfg.to_dict(),
         "seq_len": cfg.seq_len,
@@ -320,7 +327,7 @@ def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> 
     peak = measure_matmul_peak(info.device)
     eval_bs = cfg.eval_batch_size or cfg.micro_batch_size
     if max_steps is None and state.train_seconds is None:
-        reserve = _final_reserve(model, shard_dir, depths, eval_bs, cfg, token_bytes, info)
+        reserve = _final_reserve(model, shard_dir, final_depths, eval_bs, cfg, token_bytes, info)
         budget_s = cfg.max_time_minutes * 60.0 - (time.time() - t_start) - reserve
         if budget_s <= 0:
             raise ConfigError(
@@ -329,6 +336,7 @@ def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> 
             )
         state.train_seconds = broadcast_object(budget_s)
     budget = Budget(max_steps=max_steps, train_seconds=state.train_seconds)
+    setup_seconds = time.time() - t_start
     log(
         f"run {run_dir}: {type(raw).__name__} {mcfg.name} {n_params / 1e6:.2f}M params, "
         f"{info.world_size} rank(s) x {cfg.micro_batch_size} seqs x {grad_accum} accum = {cfg.global_batch_size} "
@@ -375,7 +383,14 @@ def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> 
         # --- final evaluation over the whole validation split, model, samples, plots ------------
         t_eval = time.perf_counter()
         final = evaluate(
-            model, shard_dir, depths, eval_bs, cfg.seq_len, token_bytes, info, cfg.precision, max_batches=None
+            model,
+            shard_dir,
+            final_depths,
+            eval_bs,
+            cfg.seq_len,
+            token_bytes,
+            info,
+            max_batches=None,
         )
         eval_seconds = time.perf_counter() - t_eval
         if metrics is not None:
@@ -402,6 +417,7 @@ def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> 
             "mfu": state.tokens / max(state.train_elapsed, 1e-9) * fpt / peak / info.world_size,
             "matmul_peak_flops": peak,
             "final_eval_seconds": round(eval_seconds, 2),
+            "setup_seconds": round(setup_seconds, 2),  # data preparation, model build, benchmarks
             "total_seconds": round(time.time() - t_start, 2),
             "val_loss": final[f"loss{main_depth}"],
             "val_bpb": final[f"bpb{main_depth}"],
@@ -450,7 +466,7 @@ def _final_reserve(model, shard_dir, depths, eval_bs, cfg, token_bytes, info) ->
 
     n_batches = sum(1 for _ in iter_eval_batches(shard_dir, "val", eval_bs, cfg.seq_len))
     t = time.perf_counter()
-    evaluate(model, shard_dir, depths, eval_bs, cfg.seq_len, token_bytes, info, cfg.precision, max_batches=1)
+    evaluate(model, shard_dir, depths, eval_bs, cfg.seq_len, token_bytes, info, max_batches=1)
     per_batch = time.perf_counter() - t
     # Interval evals run on eval_batches; the final one covers the split.
     return per_batch * n_batches / info.world_size * 1.15 + FINAL_RESERVE_MARGIN_S
@@ -511,7 +527,7 @@ def _loop(
                 + " Lower the learning rates or check the data."
             )
 
-    while not budget.done(state.step, state.train_elapsed):
+    while not budget.done(state.step, state.train_elapsed, last_step_s):
         t0 = time.perf_counter()
         progress = budget.progress(state.step, state.train_elapsed)
         optimizer.set_schedule(
@@ -532,7 +548,8 @@ def _loop(
         window_loss += step_loss
         window_steps += 1
         window_tokens += cfg.tokens_per_step
-        last_step_s = time.perf_counter() - t0
+        t_step_end = time.perf_counter()
+        last_step_s = t_step_end - t0
         state.train_elapsed += last_step_s
         if bar is not None:
             if budget.max_steps is not None:
@@ -540,7 +557,7 @@ def _loop(
             else:
                 bar.update(min(last_step_s, bar.total - bar.n))
 
-        finished = budget.done(state.step, state.train_elapsed)
+        finished = budget.done(state.step, state.train_elapsed, last_step_s)
         if state.step % cfg.log_interval == 0 or finished:
             check_finite("training")
             record = _train_record(
@@ -579,7 +596,6 @@ def _loop(
                 cfg.seq_len,
                 token_bytes,
                 info,
-                cfg.precision,
                 max_batches=cfg.eval_batches,
             )
             if metrics is not None:
@@ -601,6 +617,12 @@ def _loop(
                 compat,
                 cfg.keep_last_k,
             )
+        # Periodic evaluation and checkpoints spend the same wall clock as training steps: a time budget
+        # counts them (the next step's progress sees it), so the whole run still ends on time.
+        overhead = time.perf_counter() - t_step_end
+        state.train_elapsed += overhead
+        if bar is not None and budget.max_steps is None:
+            bar.update(min(overhead, bar.total - bar.n))
     if bar is not None:
         bar.close()
 
