@@ -147,7 +147,7 @@ def stability_spec(smoke: bool) -> SweepSpec:
         "stability" + ("-smoke" if smoke else ""),
         "tiny",
         SMOKE if smoke else FULL,
-        {"max_steps": 4 if smoke else 50, **_depths([4] if not smoke else [2])},
+        {"max_steps": 4 if smoke else 150, **_depths([4] if not smoke else [2])},
         [
             {"model.injection_type": ["diagonal", "linear", "add"]},
             {"adam_lr": adam, "muon_lr": [2.5 * a for a in adam]},
@@ -169,8 +169,8 @@ def parcae_vs_gpt_spec(smoke: bool) -> SweepSpec:
 
 
 def scaling_spec(smoke: bool) -> SweepSpec:
-    mus = [1, 2, 4, 8] if not smoke else [1, 2, 3]
-    budgets = [1e11, 2e11, 4e11] if not smoke else [2e8, 4e8]
+    mus = [1, 2, 4, 6, 8] if not smoke else [1, 2, 3]
+    budgets = [1.5e11, 3e11, 6e11] if not smoke else [2e8, 4e8]
     return _spec(
         "scaling" + ("-smoke" if smoke else ""),
         "tiny",
@@ -186,7 +186,7 @@ def test_time_spec(smoke: bool) -> SweepSpec:
         "test-time" + ("-smoke" if smoke else ""),
         "tiny",
         SMOKE if smoke else FULL,
-        {"max_steps": 4 if smoke else 200, **_depths([1])},
+        {"max_steps": 4 if smoke else 600, **_depths([1])},
         [{"model.mean_recurrence": [2, 4, 8] if not smoke else [2, 3]}],
         "test-time depth sweep of models trained at several mean recurrences",
     )
@@ -252,7 +252,8 @@ def _curves(run_dir: str) -> list[dict[str, Any]]:
 
 
 def analyse_stability(result: SweepResult, fig_dir: Path, data: tuple[Path, Path]) -> StudyReport:
-    rows = sorted(result.rows, key=lambda r: (str(r["model.injection_type"]), r["adam_lr"]))
+    order = {p.settings["model.injection_type"]: i for i, p in reversed(list(enumerate(result.points)))}
+    rows = sorted(result.rows, key=lambda r: (order[r["model.injection_type"]], r["adam_lr"]))
     md = [
         f"Divergence: stopped on a non-finite value, or final train loss > {1.5}x its running minimum. "
         "Loss spike: a logged train loss > 1.5x the running minimum, after the first 10% of steps.\n",
@@ -294,6 +295,7 @@ def analyse_stability(result: SweepResult, fig_dir: Path, data: tuple[Path, Path
                     ax.set_ylabel(label)
         axes[0][j].set_title(f"injection = {inj}")
         axes[1][j].set_yscale("log")
+        axes[2][j].axhline(1.0, color="gray", ls=":", lw=1)  # ρ = 1: the stability boundary
         axes[2][j].set_xlabel("step")
         for i in range(3):
             axes[i][j].grid(alpha=0.3)
