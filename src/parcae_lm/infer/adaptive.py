@@ -215,9 +215,10 @@ def adaptive_generate(
     dec = AdaptiveDecoder(model, B, T + max_new_tokens, rule, strategy)
     out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=input_ids.device)
     out[:, :T] = input_ids
+    vocab = model.config.vocab_size  # never pick the embedding table's padding rows
     logits = dec.prefill(input_ids)
     for i in range(max_new_tokens):
-        token = logits.argmax(-1)
+        token = logits[:, :vocab].argmax(-1)
         out[:, T + i] = token
         if i + 1 < max_new_tokens:
             logits = dec.step(token, budget)

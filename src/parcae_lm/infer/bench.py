@@ -82,6 +82,7 @@ def bench_generate(
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, cfg.vocab_size, (batch_size, prompt_len), generator=gen).to(device)
     total = prompt_len + new_tokens
+    vocab = cfg.vocab_size
 
     def run(engine: Engine) -> tuple[float, float]:
         _sync(device)
@@ -90,7 +91,7 @@ def bench_generate(
         _sync(device)
         t1 = time.perf_counter()
         for _ in range(new_tokens):
-            logits = engine.step(logits.argmax(-1))
+            logits = engine.step(logits[:, :vocab].argmax(-1))
         _sync(device)
         return t1 - t0, time.perf_counter() - t1
 

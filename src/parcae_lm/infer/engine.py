@@ -354,9 +354,10 @@ def fast_generate(
     eng = Engine(model, B, T + max_new_tokens, num_steps, strategy)
     out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=input_ids.device)
     out[:, :T] = input_ids
+    vocab = model.config.vocab_size  # never pick the embedding table's padding rows
     logits = eng.prefill(input_ids)
     for i in range(max_new_tokens):
-        token = logits.argmax(-1)
+        token = logits[:, :vocab].argmax(-1)
         out[:, T + i] = token
         if i + 1 < max_new_tokens:
             logits = eng.step(token)

@@ -48,7 +48,7 @@ class ParcaeHFConfig(PretrainedConfig):
 
     def __init__(self, parcae: dict | None = None, **kwargs) -> None:
         self.parcae = dict(parcae or {})
-        vocab = self.parcae.get("padded_vocab_size") or self.parcae.get("vocab_size")
+        vocab = self.parcae.get("vocab_size")  # logits are cut to the real vocabulary (no padding rows)
         kwargs.setdefault("tie_word_embeddings", bool(self.parcae.get("tie_embeddings", True)))
         kwargs.setdefault("use_cache", False)  # no transformers cache: generate() recomputes the prefix
         super().__init__(**kwargs)
@@ -103,7 +103,7 @@ class ParcaeForCausalLM(PreTrainedModel, GenerationMixin):
         if attention_mask is not None and bool((attention_mask == 1).all()):
             attention_mask = None
         out = self.inner(input_ids, attention_mask=attention_mask)
-        logits = out["logits"]
+        logits = out["logits"][..., : self.inner.config.vocab_size]
         loss = None
         if labels is not None:
             shift = torch.nn.functional.cross_entropy(

@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from parcae_lm.errors import EvalError
-from parcae_lm.infer.adaptive import AdaptiveDecoder, ExitRule
+from parcae_lm.infer.adaptive import AdaptiveDecoder, ExitCriterion, ExitRule
 from parcae_lm.infer.kv_cache import FULL_CACHE, CacheStrategy
 from parcae_lm.model import LanguageModel
 
@@ -57,6 +57,7 @@ def stepwise_bpb(
     nats, tokens, nbytes, iters = 0.0, 0, 0, 0
     kv_bytes, max_steps = 0, 1
     token_bytes = token_bytes.to(model.device)
+    vocab = model.config.vocab_size
     for batch in tqdm(list(batches), desc=label or "stepwise bpb", disable=not progress, leave=False):
         x, y = batch[0].to(model.device), batch[1].to(model.device)
         B, T = x.shape
@@ -65,7 +66,7 @@ def stepwise_bpb(
         valid = y != IGNORE_INDEX
         tb = torch.where(valid, token_bytes[y.clamp(min=0)], 0)
         for t in range(T):
-            logits = dec.step(x[:, t])
+            logits = dec.step(x[:, t])[:, :vocab]  # padding rows are never a valid prediction
             scored = tb[:, t] > 0
             if not bool(scored.any()):
                 continue
@@ -106,3 +107,50 @@ def validation_batches(
     if not out:
         raise EvalError(f"no validation batches in {shard_dir}")
     return out
+
+
+def adaptive_sweep(
+    model: LanguageModel,
+    batches: list[tuple[Tensor, ...]],
+    token_bytes: Tensor,
+    criterion: ExitCriterion,
+    thresholds: list[float],
+    max_steps: int | None = None,
+    strategy: CacheStrategy = FULL_CACHE,
+    progress: bool = True,
+) -> list[StepwiseResult]:
+    """Fixed depths 1..max (the budget baseline) and `criterion` at every threshold, on the same text."""
+    R = max_steps or model.config.mean_recurrence
+    rules = [(f"fixed-{d}", ExitRule(ExitCriterion.BUDGET, max_steps=d)) for d in range(1, R + 1)]
+    rules += [(f"{criterion.value}-{t:g}", ExitRule(criterion, t, max_steps=R)) for t in thresholds]
+    out = []
+    for label, rule in tqdm(rules, desc="sweep", disable=not progress):
+        r = stepwise_bpb(model, batches, token_bytes, rule, strategy, label)
+        r.core_flops_fraction = r.mean_iterations / R  # relative to the full depth, also for fixed-d
+        out.append(r)
+    return out
+
+
+def plot_quality_compute(results: list[StepwiseResult], path, title: str = "") -> None:
+    """bpb vs mean core iterations per token: fixed depths as a line, each exit criterion as points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    series: dict[str, list[StepwiseResult]] = {}
+    for r in results:
+        series.setdefault(r.label.rsplit("-", 1)[0], []).append(r)
+    for name, rs in series.items():
+        rs = sorted(rs, key=lambda r: r.mean_iterations)
+        style = "o-" if name == "fixed" else "s--"
+        ax.plot([r.mean_iterations for r in rs], [r.bits_per_byte for r in rs], style, label=name)
+    ax.set_xlabel("mean core iterations per token")
+    ax.set_ylabel("validation bits per byte (token-by-token, cached)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,80 @@
+"""The fast inference engine computes the model's function; `parcae bench generate` reports sane numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import parcae_lm
+from parcae_lm.cli import main
+from parcae_lm.errors import ConfigError
+from parcae_lm.infer.bench import bench_generate, parse_batch_sizes
+from parcae_lm.infer.engine import Engine, fast_generate
+
+
+@pytest.fixture(scope="module", params=["parcae-micro", "gpt-micro"])
+def model(request):
+    torch.manual_seed(0)
+    return parcae_lm.create_model(request.param, init_strategy="scaled").eval()
+
+
+@torch.no_grad()
+def test_engine_matches_forward_in_chunks_and_steps(model):
+    x = torch.randint(0, 97, (3, 20))
+    for num_steps in [None, 1, 5] if model.config.is_parcae else [None]:
+        kw = {} if num_steps is None else {"num_steps": num_steps}
+        full = model(x, **kw)["logits"]
+        eng = Engine(model, 3, 20, num_steps)
+        first = eng.prefill(x[:, :8])  # last position only
+        chunk = eng.logits(eng.hidden(x[:, 8:12]))  # a multi-token chunk at an offset
+        steps = torch.stack([eng.step(x[:, i]) for i in range(12, 20)], 1)
+        assert (first - full[:, 7]).abs().max() < 1e-5
+        assert (chunk - full[:, 8:12]).abs().max() < 1e-5
+        assert (steps - full[:, 12:]).abs().max() < 1e-5
+        with pytest.raises(ValueError, match="overflow"):
+            eng.step(x[:, 0])
+
+
+@torch.no_grad()
+def test_fast_generate_equals_model_generate(model):
+    x = torch.randint(0, 97, (2, 5))
+    assert torch.equal(fast_generate(model, x, 12), model.generate(x, 12, temperature=0))
+
+
+def test_engine_rejects_training_mode():
+    model = parcae_lm.create_model("parcae-micro").train()
+    with pytest.raises(ValueError, match="eval mode"):
+        Engine(model, 1, 8)
+
+
+def test_bench_generate_numbers(model):
+    r = bench_generate(model, prompt_len=8, new_tokens=6, batch_size=2, peak_flops=1e10, eager_tokens=3)
+    assert r.decode_tokens_per_second > 0 and r.prefill_tokens_per_second > 0
+    slots = len(Engine(model, 2, 14).cache.slots)
+    assert (
+        r.kv_cache_bytes == slots * 2 * 2 * 14 * model.config.head_size * model.config.num_key_value_heads * 4
+    )
+    assert r.flop_limited_tokens_per_second == pytest.approx(1e10 / r.flops_per_token)
+    assert r.fraction_of_flop_limit == pytest.approx(
+        r.decode_tokens_per_second / r.flop_limited_tokens_per_second
+    )
+    with pytest.raises(ConfigError, match="block_size"):
+        bench_generate(model, prompt_len=60, new_tokens=10)
+
+
+def test_bench_generate_cli(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = parcae_lm.create_model("parcae-micro").eval()
+    parcae_lm.save_pretrained(model, tmp_path / "m")
+    out = tmp_path / "bench.json"
+    args = ["bench", "generate", str(tmp_path / "m"), "--prompt-len", "8", "--new-tokens", "4"]
+    assert main([*args, "--batch-sizes", "1,2", "--threads", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["batch_size"] for r in rows] == [1, 2] and all(r["threads"] == 1 for r in rows)
+    assert "of limit" in capsys.readouterr().out
+    assert main([*args, "--batch-sizes", "1,x"]) == 1
+    assert "--batch-sizes" in capsys.readouterr().err
+    with pytest.raises(ConfigError):
+        parse_batch_sizes("0")
