@@ -195,7 +195,7 @@ class SweepPoint:
     steps: int
     tokens: int
     params: int
-    n_eff: float | None  # unrolled non-embedding parameters (Parcae: other + μ·core)
+    n_eff: float  # unrolled non-embedding parameters (Parcae: other + μ·core; GPT: core = 0)
     core_params: int
 
     @property
@@ -355,12 +355,10 @@ def resolve_point(spec: SweepSpec, settings: dict[str, Any], runs_dir: Path) -> 
     cfg = dataclasses.replace(
         cfg, max_steps=steps, max_flops=None, max_tokens=None, token_to_param_ratio=None
     )
+    # Unrolled parameters, counted like the FLOPs (embedding lookups out, the tied head's matmul in).
     head = counts.head if mcfg.tie_embeddings else 0
-    n_eff = None
-    if getattr(mcfg, "is_parcae", False):
-        n_eff = float(counts.non_embedding - counts.core + head + mcfg.mean_recurrence * counts.core)
-    else:
-        n_eff = float(counts.non_embedding + head)
+    loops = mcfg.mean_recurrence if getattr(mcfg, "is_parcae", False) else 1
+    n_eff = float(counts.non_embedding - counts.core + head + loops * counts.core)
     return SweepPoint(
         name=name,
         settings=settings,
