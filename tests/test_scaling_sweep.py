@@ -348,9 +348,15 @@ def test_cli_dry_run_and_emit(data, tmp_path, capsys):
 
 def test_smoke_study_end_to_end(data, tmp_path):
     result, report = studies.run_study(
-        studies.StudyName.TEST_TIME, tmp_path, smoke=True, data=data, progress=False
+        studies.StudyName.TEST_TIME,
+        tmp_path,
+        smoke=True,
+        data=data,
+        progress=False,
+        overrides={"max_steps": 3},
     )
     assert len(result.rows) == 2 and all(r["status"] == "ok" for r in result.rows)
+    assert all(r["steps"] == 3 for r in result.rows)  # the override replaced the preset's budget
     fits = json.loads((tmp_path / "analysis.json").read_text())["fits"]["fits"]
     assert [f["label"] for f in fits] == ["mean_recurrence=2", "mean_recurrence=3"]
     for f in fits:
@@ -371,3 +377,14 @@ def test_presets_expand(name, data, tmp_path):
         assert len(points) >= 2
         if not smoke:
             assert all(p.model_config.n_embd == 64 for p in points)
+
+
+def test_study_overrides_cannot_change_axes(data, tmp_path):
+    with pytest.raises(ConfigError, match="axis of the study"):
+        studies.run_study(
+            studies.StudyName.TEST_TIME,
+            tmp_path,
+            smoke=True,
+            data=data,
+            overrides={"model.mean_recurrence": 5},
+        )

@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from parcae_lm.cache import atomic_write_text
 from parcae_lm.errors import ConfigError
@@ -289,6 +290,13 @@ def _register_study(subparsers) -> None:
     p.add_argument("--smoke", action="store_true", help="the seconds-long variant (tiny model, a few steps)")
     p.add_argument("--out", type=Path, help="output directory (default: studies/<name>[-smoke])")
     p.add_argument("--figures", type=Path, help="directory for the PNG plots (default: OUT/figures)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset setting for every point (dotted keys, YAML values), e.g. --set max_steps=1800",
+    )
     p.set_defaults(func=study_cmd)
 
 
@@ -333,8 +341,14 @@ def sweep_cmd(args) -> int:
 def study_cmd(args) -> int:
     from parcae_lm.scaling.studies import run_study
 
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
     out = args.out or Path("studies") / (args.name.value + ("-smoke" if args.smoke else ""))
-    result, report = run_study(args.name, out, smoke=args.smoke, fig_dir=args.figures)
+    result, report = run_study(args.name, out, smoke=args.smoke, fig_dir=args.figures, overrides=overrides)
     print(report.markdown)
     print(f"wrote {result.csv}\nwrote {out / 'report.md'}")
     for f in report.figures:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from parcae_lm.cache import atomic_write_text, cache_dir, file_lock
+from parcae_lm.errors import ConfigError
 from parcae_lm.scaling import fit as F
 from parcae_lm.scaling.sweep import SweepResult, SweepSpec, run_sweep
 
@@ -485,11 +486,25 @@ def run_study(
     fig_dir: str | Path | None = None,
     data: tuple[Path, Path] | None = None,
     progress: bool = True,
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[SweepResult, StudyReport]:
-    """Run (or resume) a study's sweep, analyse it, and write report.md (+ figures) into `out_dir`."""
+    """Run (or resume) a study's sweep, analyse it, and write report.md (+ figures) into `out_dir`.
+
+    `overrides` (dotted keys, e.g. {"max_steps": 1800}) replace the preset's settings for every point;
+    the study's axes themselves cannot be overridden."""
     study = STUDIES[StudyName(name)]
     data = data or study_data()
     spec = with_data(study.spec(smoke), data)
+    if overrides:
+        axis_keys = {k for axis in spec.axes for k in axis.keys}
+        clash = sorted(set(overrides) & axis_keys)
+        if clash:
+            raise ConfigError(f"study {spec.name}: {', '.join(clash)} is an axis of the study, not a setting")
+        budget_keys = {"max_steps", "max_tokens", "max_flops", "token_to_param_ratio", "max_time_minutes"}
+        merged = dict(spec.overrides)
+        if budget_keys & set(overrides):  # a new budget replaces the preset's
+            merged = {k: v for k, v in merged.items() if k not in budget_keys}
+        spec.overrides = {**merged, **overrides}
     out = Path(out_dir)
     result = run_sweep(spec, out, progress=progress)
     figs = Path(fig_dir) if fig_dir is not None else out / "figures"
