@@ -71,6 +71,8 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
     tok = Tokenizer.train(train_docs, 320)
     tok.save(root / "tokenizer")
     prepare(train_docs, tok, root / "shards", val_docs=val_docs, progress=False)
+    # A base run config of our own, so the tests do not move when the packaged `tiny` config is retuned.
+    (root / "base.yaml").write_text("model_name: parcae-micro\nmodel: {}\nmax_steps: 2\n")
     return root / "tokenizer", root / "shards"
 
 
@@ -92,7 +94,9 @@ def micro_spec(data, axes: list[dict], **overrides) -> SweepSpec:
         "threads": 1,
     }
     base.update(overrides)
-    return SweepSpec.from_dict({"name": "t", "base": "tiny", "overrides": base, "axes": axes})
+    return SweepSpec.from_dict(
+        {"name": "t", "base": str(Path(data[0]).parent / "base.yaml"), "overrides": base, "axes": axes}
+    )
 
 
 # ----------------------------------------------------------------------------------------- expansion
@@ -136,7 +140,7 @@ def test_flops_budget_becomes_steps_like_the_trainer(data, tmp_path):
         assert p.flops == p.settings["max_flops"]  # nominal budget, so budgets group exactly
         assert p.config.max_flops is None and p.config.max_steps == p.steps
         # Same number of steps as the trainer derives from max_flops itself.
-        _, as_trainer = load_run_config("tiny", {**_nested(p.overrides), "max_steps": None})
+        _, as_trainer = load_run_config(spec.base, {**_nested(p.overrides), "max_steps": None})
         assert _max_steps(as_trainer, fpt, p.params) == p.steps
     # More recurrence costs more FLOPs per token, so the same budget buys fewer tokens.
     by = {(p.settings["max_flops"], p.settings["model.mean_recurrence"]): p for p in points}

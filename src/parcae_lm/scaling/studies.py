@@ -96,6 +96,14 @@ class Scale:
 FULL = Scale(
     model={"model.n_embd": 64, "model.num_attention_heads": 2, "model.intermediate_size": 256},
     run={
+        # Pinned rather than inherited from the packaged `tiny` config, which is tuned for `parcae train`
+        # and may change: a study's numbers must not move when the default run does.
+        "model_name": "parcae-tiny",
+        "vocab_size": 4096,
+        "muon_lr": 0.02,
+        "adam_lr": 0.008,
+        "warmup_fraction": 0.0,
+        "cooldown_fraction": 0.5,
         "seq_len": 64,
         "micro_batch_size": 8,
         "global_batch_size": 8,
