@@ -110,6 +110,7 @@ FULL = Scale(
         "threads": 1,  # on a CPU shared by several jobs one thread is several times faster than two
         "log_interval": 5,
         "eval_interval": 1_000_000,  # no interval evals: the final evaluation is the result
+        "eval_batches": 2,
         "save_interval": 1_000_000,  # the final step is always saved
         "keep_last_k": 1,
         "muon_momentum_warmup_steps": 30,
