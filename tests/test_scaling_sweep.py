@@ -218,9 +218,12 @@ def test_emitted_commands_reproduce_each_point(data, tmp_path):
         assert cfg.to_dict() == expected  # same config, explicit steps, resumable
         assert cfg.max_steps == p.steps and cfg.resume
     slurm = emit_commands(points, Emit.SLURM, nproc_per_node=4, slurm_args="-p gpu")
-    argv = shlex.split(slurm[0])
+    mkdir, sbatch = slurm[0].split(" && ", 1)
+    assert shlex.split(mkdir) == ["mkdir", "-p", str(points[0].run_dir)]  # Slurm needs the log directory
+    argv = shlex.split(sbatch)
     assert argv[0] == "sbatch" and "--gpus-per-node=4" in argv and "-p" in argv
-    assert argv[argv.index("--wrap") + 1].endswith(lines[0].replace("nproc_per_node=8", "nproc_per_node=4"))
+    assert f"--output={points[0].run_dir}/slurm-%j.log" in argv
+    assert argv[argv.index("--wrap") + 1] == lines[0].replace("nproc_per_node=8", "nproc_per_node=4")
     # A finished point is not emitted again.
     (points[0].run_dir).mkdir(parents=True)
     (points[0].run_dir / SUMMARY).write_text("{}")

@@ -413,11 +413,9 @@ def emit_commands(
             head = ["sbatch", f"--job-name={p.name}", "--nodes=1", "--ntasks-per-node=1"]
             head += [f"--gpus-per-node={nproc_per_node}", f"--output={p.run_dir}/slurm-%j.log"]
             head += shlex.split(slurm_args)
-            cmd = (
-                shlex.join(head)
-                + " --wrap "
-                + shlex.quote(f"mkdir -p {shlex.quote(str(p.run_dir))} && {cmd}")
-            )
+            # Slurm does not create the --output directory: make it before submitting.
+            mkdir = shlex.join(["mkdir", "-p", str(p.run_dir)])
+            cmd = f"{mkdir} && {shlex.join(head)} --wrap {shlex.quote(cmd)}"
         lines.append(cmd)
     return lines
 
