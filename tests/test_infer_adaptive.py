@@ -126,3 +126,15 @@ def test_bad_rules_are_rejected(model):
     dec = AdaptiveDecoder(model, 2, 8, ExitRule(ExitCriterion.BUDGET, max_steps=2))
     with pytest.raises(ConfigError, match="budget"):
         dec.step(torch.zeros(2, dtype=torch.long), torch.tensor([0, 1]))
+
+
+def test_cli_rejects_bad_thresholds_before_loading(capsys):
+    from parcae_lm.cli import main
+
+    args = ["infer", "adaptive-eval", "/nonexistent", "--criterion", "state", "--thresholds"]
+    assert main([*args, "0.1,-1"]) == 1
+    assert "≥ 0" in capsys.readouterr().err
+    assert main([*args, "0.1,abc"]) == 1
+    assert "comma-separated" in capsys.readouterr().err
+    assert main(["infer", "cache-eval", "/nonexistent", "--strategies", "full,middle"]) == 1
+    assert "unknown cache strategy" in capsys.readouterr().err

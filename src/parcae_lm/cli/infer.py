@@ -150,6 +150,8 @@ def cmd_cache_eval(args) -> int:
     from parcae_lm.infer.quality import stepwise_bpb
 
     strategies = [CacheStrategy.parse(s.strip()) for s in args.strategies.split(",") if s.strip()]
+    if not strategies:
+        raise ConfigError("--strategies is empty")
     model, token_bytes, batches = _setup(args)
     rule = ExitRule(threshold=0.0, max_steps=args.num_steps)
     results = [stepwise_bpb(model, batches, token_bytes, rule, s, str(s), progress=True) for s in strategies]

@@ -51,7 +51,7 @@ def compile_engine(engine: Engine) -> None:
     """torch.compile each block's call (dynamic shapes: the context grows every step)."""
     blocks = getattr(engine, "blocks", None) or [*engine.prelude, *engine.core, *engine.coda]
     for blk in blocks:
-        blk.__call__ = torch.compile(blk.__call__, dynamic=True)  # type: ignore[method-assign]
+        blk.compile(dynamic=True)
 
 
 @torch.no_grad()

@@ -58,9 +58,15 @@ class FastBlock:
         self.mlp_proj = _LinearOp.of(m.proj, scale=0.5)  # ½·relu(x)² → relu(x)² @ (½W)ᵀ
 
     def __call__(self, x: Tensor, pos: int, ve: Tensor | None, k_buf: Tensor, v_buf: Tensor) -> Tensor:
+        return self.forward(x, pos, ve, k_buf, v_buf)  # an instance attribute after `compile`
+
+    def compile(self, **kwargs) -> None:
+        self.forward = torch.compile(self.forward, **kwargs)  # type: ignore[method-assign]
+
+    def forward(self, x: Tensor, pos: int, ve: Tensor | None, k_buf: Tensor, v_buf: Tensor) -> Tensor:
         """x [B, T, d] at positions pos..pos+T; writes this block's K/V into the buffers [B, H, L, D]."""
         B, T, d = x.shape
-        h = F.rms_norm(x.float(), (d,), eps=self.norm_1_eps).to(x.dtype) * self.norm_1_w
+        h = _rms_norm(x, self.norm_1_w, self.norm_1_eps)
         qkv = self.qkv(h)
         qk = qkv[..., : self.dq + self.dk].float().unflatten(-1, (self.n_head + self.n_kv, -1, 2))
         qk = torch.view_as_real(torch.view_as_complex(qk) * self.rope.cis[pos : pos + T, None])
@@ -83,9 +89,16 @@ class FastBlock:
             enable_gqa=self.n_head != self.n_kv,
         )
         x = self.proj.add_to(x, y.transpose(1, 2).reshape(B, T, -1))
-        h = F.rms_norm(x.float(), (d,), eps=self.norm_2_eps).to(x.dtype) * self.norm_2_w
+        h = _rms_norm(x, self.norm_2_w, self.norm_2_eps)
         f = self.fc(h).relu_().square_()
         return self.mlp_proj.add_to(x, f)
+
+
+def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """`layers.RMSNorm`: normalise in fp32, cast back, then scale (one fused call when x is fp32)."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype) * weight
 
 
 class _LinearOp:
@@ -214,6 +227,7 @@ class Engine:
         with torch.no_grad():
             # The injection's per-iteration factor and input term are constants of the weights.
             self.state_decay = _state_decay(tr.adapter)
+            self.input_weight = _input_weight(tr.adapter)
 
     # -- whole-token paths ------------------------------------------------------------------------
     @property
@@ -263,13 +277,15 @@ class Engine:
             x = self._run(blk, x, pos, _lookup(self.prelude_ve[i], ids), self.cache.slot(i))
         if self.ln_prelude is not None:
             w, eps = self.ln_prelude
-            x = F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype) * w
+            x = _rms_norm(x, w, eps)
         return x
 
     def initial_state(self, B: int, T: int, pos: int, e: Tensor) -> Tensor:
         return self.model.initial_state(B, T, pos, None, e)
 
     def inject_input(self, e: Tensor) -> Tensor:
+        if self.input_weight is not None:
+            return F.linear(e, self.input_weight)
         return self.adapter.prepare(e)
 
     def core_values(self, ids: Tensor) -> list[Tensor | None]:
@@ -303,7 +319,7 @@ class Engine:
         return self.final_norm(y)
 
     def final_norm(self, y: Tensor) -> Tensor:
-        return F.rms_norm(y.float(), (y.shape[-1],), eps=self.ln_f_eps).to(y.dtype) * self.ln_f_w
+        return _rms_norm(y, self.ln_f_w, self.ln_f_eps)
 
     def logits(self, y: Tensor) -> Tensor:
         logits = self.head(y).float()
@@ -332,6 +348,14 @@ def _ve_table(model: LanguageModel, layer: int) -> Tensor | None:
 
 def _lookup(table: Tensor | None, ids: Tensor) -> Tensor | None:
     return None if table is None else F.embedding(ids, table)
+
+
+def _input_weight(adapter: nn.Module) -> Tensor | None:
+    """For the diagonal injection, B̄·e = (e @ Bᵀ)·scale = e @ (scale ⊙ B)ᵀ: one matmul per token."""
+    if not hasattr(adapter, "A_log"):
+        return None
+    eye = torch.eye(adapter.B.shape[1], dtype=adapter.B.dtype, device=adapter.B.device)
+    return adapter.prepare(eye).t().contiguous()  # prepare is linear in e: its rows at I give scale ⊙ B
 
 
 def _state_decay(adapter: nn.Module) -> Tensor | None:

@@ -5,7 +5,8 @@
   and output. Embedding tables stay fp32 (lookups, no matmul). CPU only (the kernels are fbgemm/onednn).
 - `export_program` / `export_onnx`: the fixed-depth, cache-free forward ids [B, T] → logits [B, T, V]
   as a `torch.export` program (.pt2, loadable without our code) or an ONNX graph (the `onnx`,
-  `onnxscript` packages; run it with onnxruntime). The batch size is dynamic; the sequence length is
+  `onnxscript` packages; run it with onnxruntime). ONNX currently fails on the model's complex-valued
+  RoPE (the exporter has no complex support) and says so. The batch size is dynamic; the sequence length is
   fixed at export time, because the model's attention chooses `is_causal` from the length in Python,
   which torch.export cannot keep symbolic.
 """
@@ -80,10 +81,12 @@ def export_program(model: LanguageModel, seq_len: int, num_steps: int | None = N
     if not 1 <= seq_len <= model.config.block_size:
         raise ConfigError(f"seq_len must be in [1, block_size={model.config.block_size}], got {seq_len}")
     batch = Dim("batch", min=1, max=1024)
+    module = LogitsModule(model, num_steps)
     with torch.no_grad():
-        return export(
-            LogitsModule(model, num_steps), (_example(model, 2, seq_len),), dynamic_shapes=({0: batch},)
-        )
+        # One eager call first: the model fills its lazy tables (RoPE, the seeded initial-state table)
+        # with generator-driven code that torch.export cannot trace; traced, they are plain constants.
+        module(_example(model, 1, 2))
+        return export(module, (_example(model, 2, seq_len),), dynamic_shapes=({0: batch},))
 
 
 def save_program(program, path: str | os.PathLike) -> Path:
@@ -120,7 +123,15 @@ def export_onnx(
     tmp = path.with_name(f".{path.name}.tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
+        try:
+            onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
+        except Exception as e:  # the exporter's own error types live in a private module
+            if "complex" in str(e):
+                raise ConfigError(
+                    "ONNX export failed: the model's RoPE multiplies complex tensors, which the ONNX "
+                    "exporter cannot translate; use the torch.export program (--format program)"
+                ) from None
+            raise
         onnx_program.save(str(tmp))
     os.replace(tmp, path)
     return path
