@@ -22,7 +22,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         w = weight.to(x.dtype)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         grad_x = torch.empty_like(x) if needs_grad else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=x.device) if needs_grad else None
+        grad_w = None
         for start in range(0, x.shape[0], chunk):
             xs, ys = x[start : start + chunk], labels[start : start + chunk]
             logits = (xs @ w.T).float()
@@ -31,20 +31,21 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 logits = softcap * t
             valid = ys != IGNORE_INDEX
             safe = torch.where(valid, ys, 0)
-            lse = torch.logsumexp(logits, dim=-1)
-            target = logits.gather(1, safe[:, None]).squeeze(1)
-            total += ((lse - target) * valid).sum()
+            logp = torch.log_softmax(logits, dim=-1)  # one fused kernel; its exp is the softmax below
+            total -= (logp.gather(1, safe[:, None]).squeeze(1) * valid).sum()
             if needs_grad:
-                g = logits.sub_(lse[:, None]).exp_()  # softmax, in place over the chunk's logits
+                g = logp.exp_()  # softmax, in place
                 g[torch.arange(len(ys), device=x.device), safe] -= 1.0
                 g *= valid[:, None]
                 if softcap is not None:
                     g *= 1.0 - t.square()
                 g = g.to(x.dtype)
                 grad_x[start : start + chunk] = g @ w
-                grad_w += (g.T @ xs).float()
+                part = (g.T @ xs).float()
+                grad_w = part if grad_w is None else grad_w.add_(part)
         if needs_grad:
-            ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
+            grad_w = torch.zeros_like(weight) if grad_w is None else grad_w.to(weight.dtype)
+            ctx.save_for_backward(grad_x, grad_w)
         return total
 
     @staticmethod
