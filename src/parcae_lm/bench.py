@@ -27,7 +27,7 @@ def matmul_peak_flops(device: str | torch.device = "cpu", size: int = 2048, seco
     best, deadline = 0.0, time.perf_counter() + seconds
     for _ in range(2):
         a @ b  # warm up
-    while time.perf_counter() < deadline:
+    while best == 0.0 or time.perf_counter() < deadline:  # at least one timed matmul, even on a busy machine
         _sync(device)
         t0 = time.perf_counter()
         a @ b

@@ -383,6 +383,15 @@ _REFERENCE_IGNORED = {
     "lockstep_n",
     "lockstep_k",
     "n_layer_parcae",
+    # written by transformers when a model is exported for AutoModelForCausalLM (infer/hf.py)
+    "model_type",
+    "architectures",
+    "transformers_version",
+    "tie_word_embeddings",
+    "use_cache",
+    "torch_dtype",
+    "dtype",
+    "auto_map",
 }
 
 

@@ -211,8 +211,8 @@ def cmd_bench_generate(args) -> int:
             raise ConfigError(f"--threads must be ≥ 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     sizes = parse_batch_sizes(args.batch_sizes)
-    strategy = CacheStrategy.parse(getattr(args, "cache", "full"))
-    model, name = load_model_or_default(args.model, getattr(args, "device", "cpu"))
+    strategy = CacheStrategy.parse(args.cache)
+    model, name = load_model_or_default(args.model, args.device)
     peak = measure_peak(model.device)
     results = [
         bench_generate(

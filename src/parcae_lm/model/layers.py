@@ -114,7 +114,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
         if kv_slot is not None:
             k, v = kv_slot.update(k, v)
-        is_causal = ctx.mask is None and kv_slot is None and T > 1
+        is_causal = ctx.mask is None and kv_slot is None  # (also right for a single query)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=ctx.mask, is_causal=is_causal, enable_gqa=self.n_head != self.n_kv
         )
