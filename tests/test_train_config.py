@@ -81,7 +81,12 @@ def test_cli_overrides_convert_and_validate():
     assert isinstance(cfg.muon_lr, float) and cfg.muon_lr == 8e-3
     assert cfg.adam_betas == (0.9, 0.99) and cfg.val_depths == [1, 3]
     assert cfg.compile is True and cfg.precision is Precision.BF16 and cfg.eval_batches is None
-    assert cfg.model == {"n_embd": 128, "mean_recurrence": 6}
+    assert cfg.model == {
+        "n_embd": 128,
+        "num_attention_heads": 2,
+        "mean_backprop_depth": 1,
+        "mean_recurrence": 6,
+    }
     with pytest.raises(ConfigError, match="unknown option --muon_lrr"):
         load_run_config("tiny", ["--muon_lrr", "1"])
     with pytest.raises(ConfigError, match="muon_lr: expected a number"):

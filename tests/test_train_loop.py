@@ -287,8 +287,10 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_two_process_gloo_run_matches_one_process(data, tmp_path):
-    """torchrun --nproc_per_node 2 (gloo, CPU) gives the losses of one process with the same global batch."""
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_two_process_gloo_run_matches_one_process(data, tmp_path, strategy):
+    """torchrun --nproc_per_node 2 (gloo, CPU) gives the losses of one process with the same global batch,
+    with DDP and with FSDP2 sharding."""
     tok_dir, shard_dir = data
     # Per-batch depths and a zero initial state: the loader interleaves rows across ranks, so per-row
     # draws would land on different rows than in one process.
@@ -327,6 +329,8 @@ def test_two_process_gloo_run_matches_one_process(data, tmp_path):
         "per-batch",
         "--model.state_init",
         "zero",
+        "--strategy",
+        strategy,
     ]
     parcae = str(Path(sys.executable).parent / "parcae")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -69,9 +69,13 @@ def wrap_model(model: nn.Module, strategy: Strategy, info: DistInfo) -> nn.Modul
 
         from parcae_lm.model.layers import Block
 
-        # Shard each transformer block, then the root (embeddings, injection, head).
+        # Shard each prelude/coda (or GPT) block on its own; the recurrent core blocks stay in the root
+        # group with the embeddings, injection and head. The core runs a sampled number of iterations
+        # that differs between ranks, and a separately sharded module would then issue a different
+        # number of all-gathers on each rank; in the root group it is gathered once per step.
+        core = {id(b) for b in getattr(getattr(model, "transformer", None), "core_block", [])}
         for module in list(model.modules()):
-            if isinstance(module, Block):
+            if isinstance(module, Block) and id(module) not in core:
                 fully_shard(module)
         fully_shard(model)
         return model

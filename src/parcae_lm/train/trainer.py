@@ -103,6 +103,22 @@ def eval_depths(cfg: RunConfig, mcfg, final: bool = False) -> list[int | None]:
     return sorted(set(chosen) | {int(mcfg.mean_recurrence)})
 
 
+def pick_cpu_threads() -> tuple[int, float]:
+    """Use the thread count (1..torch's default) with the fastest fp32 matmul; returns (threads, its FLOP/s).
+
+    On a machine shared with other jobs, fewer threads than cores can be much faster (no spinning at
+    barriers behind descheduled threads); on an idle one all cores win. The benchmark decides."""
+    max_threads = torch.get_num_threads()
+    best = (max_threads, 0.0)
+    for n in range(1, max_threads + 1):
+        torch.set_num_threads(n)
+        flops = measure_matmul_peak(torch.device("cpu"), seconds=0.25)
+        if flops > best[1]:
+            best = (n, flops)
+    torch.set_num_threads(best[0])
+    return best
+
+
 def flops_per_token(mcfg, seq_len: int, model: nn.Module) -> float:
     """Training FLOPs/token (paper accounting) from parcae_lm.flops; 6N + attention if it is missing."""
     try:
@@ -324,7 +340,12 @@ def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> 
     elif cfg.resume:
         log(f"no checkpoint in {ckpt_dir}: starting from scratch")
 
-    peak = measure_matmul_peak(info.device)
+    if info.device.type == "cpu" and cfg.threads is None:
+        candidates = torch.get_num_threads()
+        threads, peak = pick_cpu_threads()
+        log(f"CPU threads: {threads} (the fastest fp32 matmul among 1..{candidates})")
+    else:
+        peak = measure_matmul_peak(info.device)
     eval_bs = cfg.eval_batch_size or cfg.micro_batch_size
     if max_steps is None and state.train_seconds is None:
         reserve = _final_reserve(model, shard_dir, final_depths, eval_bs, cfg, token_bytes, info)
@@ -460,16 +481,17 @@ def _max_steps(cfg: RunConfig, fpt: float, n_params: int) -> int | None:
 
 
 def _final_reserve(model, shard_dir, depths, eval_bs, cfg, token_bytes, info) -> float:
-    """Seconds the end of a time-limited run needs: one timed validation batch per depth x the number of
-    validation batches, plus a margin for saving, samples and plots."""
+    """Seconds the end of a time-limited run needs: a timed validation batch (after an untimed warm-up one,
+    which pays for allocations and tables) at every final depth x the number of validation batches, plus a
+    margin for saving, samples and plots."""
     from parcae_lm.data.loader import iter_eval_batches
 
     n_batches = sum(1 for _ in iter_eval_batches(shard_dir, "val", eval_bs, cfg.seq_len))
+    evaluate(model, shard_dir, depths, eval_bs, cfg.seq_len, token_bytes, info, max_batches=1)
     t = time.perf_counter()
     evaluate(model, shard_dir, depths, eval_bs, cfg.seq_len, token_bytes, info, max_batches=1)
     per_batch = time.perf_counter() - t
-    # Interval evals run on eval_batches; the final one covers the split.
-    return per_batch * n_batches / info.world_size * 1.15 + FINAL_RESERVE_MARGIN_S
+    return per_batch * math.ceil(n_batches / info.world_size) * 1.15 + FINAL_RESERVE_MARGIN_S
 
 
 def _loop(
@@ -605,7 +627,10 @@ def _loop(
             window_t += time.perf_counter() - t_eval  # keep throughput about training only
         if state.step % cfg.save_interval == 0 or finished:
             # The update itself could have produced non-finite weights: never persist those.
-            nonfinite |= ~torch.stack([torch.isfinite(p).all() for p in params]).all()
+            local = [
+                p.to_local() if hasattr(p, "to_local") else p for p in params
+            ]  # FSDP2: this rank's shard
+            nonfinite |= ~torch.stack([torch.isfinite(p).all() for p in local]).all()
             check_finite("checkpoint")
             ckpt.save_checkpoint(
                 ckpt_dir,
@@ -715,8 +740,8 @@ def _train_record(
     return record
 
 
-def _full_model(model: nn.Module, raw: nn.Module, mcfg, strategy: Strategy) -> nn.Module:
-    """The unsharded model on rank 0 (a plain copy for FSDP, the module itself otherwise)."""
+def _full_model(model: nn.Module, raw: nn.Module, mcfg, strategy: Strategy) -> nn.Module | None:
+    """The unsharded model on rank 0 (a plain copy for FSDP, the module itself otherwise); a collective."""
     if strategy != Strategy.FSDP or not (
         torch.distributed.is_available() and torch.distributed.is_initialized()
     ):
@@ -724,6 +749,8 @@ def _full_model(model: nn.Module, raw: nn.Module, mcfg, strategy: Strategy) -> n
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     sd = get_model_state_dict(raw, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if torch.distributed.get_rank() != 0:  # cpu_offload gathers the full state on rank 0 only
+        return None
     full = mcfg.construct_model()
     full.load_state_dict(sd)
     return full
