@@ -292,8 +292,8 @@ def test_two_process_gloo_run_matches_one_process(data, tmp_path, strategy):
     """torchrun --nproc_per_node 2 (gloo, CPU) gives the losses of one process with the same global batch,
     with DDP and with FSDP2 sharding."""
     tok_dir, shard_dir = data
-    # Per-batch depths and a zero initial state: the loader interleaves rows across ranks, so per-row
-    # draws would land on different rows than in one process.
+    # The real defaults (per-sequence Poisson depths, seeded random initial state): rank r holds rows
+    # [r·B, (r+1)·B) of the global batch and the model seeds each row's depth and state by its global row.
     args = [
         "--model_name",
         "parcae-micro",
@@ -325,10 +325,6 @@ def test_two_process_gloo_run_matches_one_process(data, tmp_path, strategy):
         "ROMEO:",
         "--threads",
         "1",
-        "--model.recurrent_iteration_method",
-        "per-batch",
-        "--model.state_init",
-        "zero",
         "--strategy",
         strategy,
     ]

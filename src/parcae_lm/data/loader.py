@@ -42,8 +42,9 @@ class TokenLoader:
     """An endless iterator of `(x, y)` (or `(x, y, doc_ids)`) LongTensors of shape [batch_size, seq_len].
 
     Each epoch permutes the window indices with a generator seeded by (seed, epoch); all ranks compute the
-    same permutation and rank r takes its positions r, r + world_size, ..., so ranks never share a window
-    and together cover what one rank would. Every rank gets the same number of batches per epoch (windows
+    same permutation and cut it into consecutive blocks of batch_size windows; rank r's k-th batch is block
+    k·world_size + r, so ranks never share a window and together see exactly what one rank with
+    world_size × batch_size rows would, in the same row order. Every rank gets the same number of batches per epoch (windows
     beyond `world_size * batch_size * batches_per_epoch` are left out of that epoch, a different set each
     epoch when shuffling). `state_dict()` records the position; `load_state_dict()` resumes exactly there.
     """
@@ -90,7 +91,10 @@ class TokenLoader:
                 order = np.random.default_rng([self.seed, epoch]).permutation(n)
             else:
                 order = np.arange(n)
-            self._order = order[self.rank :: self.world_size][: self.windows_per_rank]
+            # Batch k of rank r is block k·world_size + r of the global order: the global batch of a step is
+            # contiguous and rank r holds rows [r·B, (r+1)·B) of it, the rows the model seeds its depths by.
+            used = order[: self.batches_per_epoch * self.world_size * self.batch_size]
+            self._order = used.reshape(-1, self.world_size, self.batch_size)[:, self.rank].reshape(-1)
             self._order_epoch = epoch
         return self._order
 

@@ -676,7 +676,9 @@ def accumulate_gradients(
         x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         doc_ids = batch[2].to(device, non_blocking=True) if len(batch) > 2 else None
         if hasattr(raw, "depth_shard"):
-            raw.depth_shard = DepthShard(index=info.rank * accum + micro, count=info.world_size * accum)
+            raw.depth_shard = DepthShard(
+                index=micro * info.world_size + info.rank, count=info.world_size * accum
+            )
         if hasattr(raw, "track_diagnostics"):
             raw.track_diagnostics = track_diagnostics and micro == accum - 1
         with no_grad_sync(model, last_micro=micro == accum - 1), autocast_context(precision, device):
