@@ -134,13 +134,30 @@ def _depths(depths: list[int]) -> dict[str, Any]:
     return out
 
 
-def _spec(
-    name: str, base: str, scale: Scale, overrides: dict, axes: list[dict], description: str
-) -> SweepSpec:
+# The studies' own base run config: RunConfig defaults, this, then the scale's settings. Not the packaged
+# `tiny` config, which is tuned for `parcae train` and retuned over time (its model overrides would leak
+# into every point, and into the GPT of parcae-vs-gpt): a study's numbers must not move when it does.
+STUDY_BASE: dict[str, Any] = {"model_name": "parcae-tiny", "model": {}, "max_steps": 1}
+
+
+def study_base() -> Path:
+    """STUDY_BASE as a YAML file in the cache (content-addressed), usable by `parcae train` too."""
+    import hashlib
+
+    import yaml
+
+    text = yaml.safe_dump(STUDY_BASE, sort_keys=False)
+    path = cache_dir("studies") / f"base-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
+    if not path.is_file():
+        atomic_write_text(path, "# base run config of `parcae study` (parcae_lm.scaling.studies)\n" + text)
+    return path
+
+
+def _spec(name: str, scale: Scale, overrides: dict, axes: list[dict], description: str) -> SweepSpec:
     return SweepSpec.from_dict(
         {
             "name": name,
-            "base": base,
+            "base": str(study_base()),
             "description": description,
             "overrides": {**scale.run, **scale.model, **overrides},
             "axes": axes,
@@ -155,7 +172,6 @@ def stability_spec(smoke: bool) -> SweepSpec:
     adam = [2e-3, 4e-3, 6e-3, 1e-2, 5e-2] if not smoke else [4e-3, 5e-2]
     return _spec(
         "stability" + ("-smoke" if smoke else ""),
-        "tiny",
         SMOKE if smoke else FULL,
         {"max_steps": 4 if smoke else 150, **_depths([4] if not smoke else [2])},
         [
@@ -170,7 +186,6 @@ def parcae_vs_gpt_spec(smoke: bool) -> SweepSpec:
     # gpt-tiny has n_layer = 6 = prelude + core + coda of parcae-tiny: the same unique blocks.
     return _spec(
         "parcae-vs-gpt" + ("-smoke" if smoke else ""),
-        "tiny",
         SMOKE if smoke else FULL,
         {"max_steps": 4 if smoke else 400, **_depths([1, 2, 4, 8] if not smoke else [1, 2])},
         [{"model_name": ["parcae-tiny", "gpt-tiny"]}],
@@ -183,7 +198,6 @@ def scaling_spec(smoke: bool) -> SweepSpec:
     budgets = [1.5e11, 3e11, 6e11] if not smoke else [2e8, 4e8]
     return _spec(
         "scaling" + ("-smoke" if smoke else ""),
-        "tiny",
         SMOKE if smoke else FULL,
         {"max_flops": budgets[0], **_depths([1])},
         [{"max_flops": budgets}, {"model.mean_recurrence": mus}],
@@ -194,7 +208,6 @@ def scaling_spec(smoke: bool) -> SweepSpec:
 def test_time_spec(smoke: bool) -> SweepSpec:
     return _spec(
         "test-time" + ("-smoke" if smoke else ""),
-        "tiny",
         SMOKE if smoke else FULL,
         {"max_steps": 4 if smoke else 600, **_depths([1])},
         [{"model.mean_recurrence": [2, 4, 8] if not smoke else [2, 3]}],
