@@ -196,7 +196,8 @@ def test_run_directory_end_to_end_via_cli(data, tmp_path, capsys):
     assert summary["steps"] == 4 and summary["tokens"] == 4 * 4 * 32
     # tiny.yaml (the base config) evaluates the whole split at depth 4 at the end; + the mean recurrence 3
     assert set(summary["val"]) == {f"{m}_d{d}" for m in ("loss", "bpb") for d in (3, 4)}
-    assert summary["samples"][0]["padding_ids_dropped"] >= 0
+    assert summary["samples"][0]["text"].startswith("ROMEO:")
+    assert (tmp_path / "latest").resolve() == run.resolve()  # `parcae generate runs/latest` finds it
     assert 0 < summary["val_bpb"] < 20 and summary["val_bpb"] == summary["val"]["bpb_d3"]
     samples = (run / "samples.txt").read_text()
     assert "'ROMEO:'" in samples and "'JULIET:'" in samples

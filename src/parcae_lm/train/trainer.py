@@ -13,6 +13,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import os
 import random
 import time
 from contextlib import nullcontext
@@ -457,8 +458,17 @@ def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> 
             "samples": samples,
         }
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        _point_latest(run_dir)
     barrier()
     return RunResult(run_dir=run_dir, summary=summary)
+
+
+def _point_latest(run_dir: Path) -> None:
+    """`<out_dir>/latest` → the newest finished run (so `parcae generate runs/latest` always works)."""
+    link, tmp = run_dir.parent / "latest", run_dir.parent / f".latest-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, link)  # atomic: readers see the old run or the new one, never nothing
 
 
 def _max_steps(cfg: RunConfig, fpt: float, n_params: int) -> int | None:
@@ -766,9 +776,7 @@ def write_samples(model: nn.Module, tokenizer, cfg: RunConfig, path: Path) -> li
     device = next(model.parameters()).device
     out = []
     for i, prompt in enumerate(cfg.sample_prompts):
-        ids = tokenizer.encode(prompt)
-        if not ids:
-            continue
+        ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]  # as in training: documents start with BOS
         gen = torch.Generator(device=device).manual_seed(cfg.seed + i)
         x = torch.tensor([ids], dtype=torch.long, device=device)
         y = model.generate(
@@ -779,12 +787,7 @@ def write_samples(model: nn.Module, tokenizer, cfg: RunConfig, path: Path) -> li
             generator=gen,
             eos_id=tokenizer.eos_id,
         )
-        ids = y[0].tolist()
-        # Ids in the model's vocabulary padding have no text (generate() should not emit them; count them if it does).
-        valid = [t for t in ids if t < tokenizer.vocab_size]
-        out.append(
-            {"prompt": prompt, "text": tokenizer.decode(valid), "padding_ids_dropped": len(ids) - len(valid)}
-        )
+        out.append({"prompt": prompt, "text": prompt + tokenizer.decode(y[0, len(ids) :].tolist())})
     model.train(was_training)
     text = "".join(
         f"=== {s['prompt']!r} (temperature {cfg.sample_temperature}) ===\n{s['text']}\n\n" for s in out
