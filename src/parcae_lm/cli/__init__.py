@@ -20,13 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parcae", description="Parcae: stable looped language models")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in GROUPS:
-        try:
-            module = importlib.import_module(f"parcae_lm.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"parcae_lm.cli.{name}":
-                continue  # group not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"parcae_lm.cli.{name}").register(sub)
     return parser
 
 
@@ -44,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `parcae sweep --emit slurm | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -64,10 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--cache", default="full", help="KV cache strategy: full, last, first-last, ring-N")
+    p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.set_defaults(
-        func=lambda args: __import__("parcae_lm.infer.bench", fromlist=["x"]).cmd_bench_generate(args)
-    )
+    p.set_defaults(func=cmd_bench_generate)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -195,6 +195,12 @@ def cmd_generate(args) -> int:
         for i, row in enumerate(out.tolist()):
             print(f"--- sample {i + 1} ---\n{args.prompt}{tok.decode(row[len(ids) :])}")
     return 0
+
+
+def cmd_bench_generate(args) -> int:
+    from parcae_lm.infer.bench import cmd_bench_generate as run
+
+    return run(args)
 
 
 def cmd_bench_train(args) -> int:
