@@ -76,7 +76,9 @@ def fetch_pypi_package(name: str, version: str, sha256: str, *, sdist: bool = Fa
     with file_lock(dest / f".{stem}-{version}.lock"):
         for p in dest.iterdir():
             # Wheels spell the name with "_", sdists with "-"; normalise both before comparing.
-            if p.name.lower().replace("-", "_").startswith(f"{stem}_{version}") and not p.name.startswith("."):
+            if p.name.lower().replace("-", "_").startswith(f"{stem}_{version}") and not p.name.startswith(
+                "."
+            ):
                 return p
         with tempfile.TemporaryDirectory(dir=dest, prefix=".dl-") as tmp:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp]
