@@ -75,6 +75,7 @@ def bench_training(
     steps: int = 6,
     device: str = "cpu",
     compile: bool = False,
+    fused_loss: bool = True,
 ) -> TrainBenchResult:
     """Time forward+backward steps on random tokens (no optimizer step: this measures the model)."""
     dev = torch.device(device)
@@ -94,7 +95,8 @@ def bench_training(
         model.step = i
         model.zero_grad(set_to_none=True)
         with autocast:
-            loss = model(x, labels=y, return_logits=False)["loss"]
+            # return_logits=True takes the plain head: full [tokens, vocab] fp32 logits, then cross-entropy.
+            loss = model(x, labels=y, return_logits=not fused_loss)["loss"]
         loss.backward()
         if isinstance(cfg, ParcaeConfig):
             passes += _core_passes(model, batch_size, seq_len)

@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compile", action="store_true")
+    p.add_argument(
+        "--plain-loss", action="store_true", help="materialise full logits instead of the chunked fused head"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
@@ -213,7 +216,16 @@ def cmd_bench_train(args) -> int:
         torch.set_num_threads(args.threads)
     overrides = parse_overrides(args.set)
     cfg = bench_config(**overrides) if args.config is None else create_config(args.config, **overrides)
-    r = bench_training(cfg, args.batch_size, args.seq_len, args.warmup, args.steps, args.device, args.compile)
+    r = bench_training(
+        cfg,
+        args.batch_size,
+        args.seq_len,
+        args.warmup,
+        args.steps,
+        args.device,
+        args.compile,
+        not args.plain_loss,
+    )
     print(
         f"config        {r.config} ({r.params:,} params), batch {r.batch_size} × seq {r.seq_len}, {r.threads} threads"
     )
