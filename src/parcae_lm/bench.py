@@ -76,11 +76,14 @@ def bench_training(
     device: str = "cpu",
     compile: bool = False,
     fused_loss: bool = True,
+    activation_checkpointing: bool = False,
 ) -> TrainBenchResult:
     """Time forward+backward steps on random tokens (no optimizer step: this measures the model)."""
     dev = torch.device(device)
     torch.manual_seed(0)
     model = build_model(cfg).to(dev).train()
+    if isinstance(cfg, ParcaeConfig):
+        model.gradient_checkpointing = activation_checkpointing
     if compile:
         model.compile_blocks()  # per block: the loop's depth and active rows vary, the blocks don't
     x = torch.randint(0, cfg.vocab_size, (batch_size, seq_len), device=dev)

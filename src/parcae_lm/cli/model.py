@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--plain-loss", action="store_true", help="materialise full logits instead of the chunked fused head"
     )
+    p.add_argument("--activation-checkpointing", action="store_true", help="recompute each grad iteration")
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
