@@ -395,3 +395,16 @@ def test_study_overrides_cannot_change_axes(data, tmp_path):
             data=data,
             overrides={"model.mean_recurrence": 5},
         )
+
+
+@pytest.mark.parametrize("name", [n for n in studies.StudyName if n != studies.StudyName.TEST_TIME])
+def test_every_smoke_study_runs(name, data, tmp_path):
+    """The other three studies' smoke presets run end to end too (the test-time one is checked above)."""
+    # The scaling study's budgets are FLOPs (its axis); the others are shortened to 2 steps.
+    overrides = {} if name == studies.StudyName.SCALING else {"max_steps": 2}
+    result, report = studies.run_study(
+        name, tmp_path, smoke=True, data=data, progress=False, overrides=overrides
+    )
+    assert len(result.rows) >= 2 and all(r["status"] in ("ok", "diverged") for r in result.rows)
+    assert (tmp_path / "report.md").read_text().strip()
+    assert any(p.suffix == ".png" for p in (tmp_path / "figures").iterdir())
