@@ -28,15 +28,15 @@ def matmul_peak_flops(device: str | torch.device = "cpu", size: int = 2048, seco
     for _ in range(2):
         a @ b  # warm up
     while best == 0.0 or time.perf_counter() < deadline:  # at least one timed matmul, even on a busy machine
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         a @ b
-        _sync(device)
+        sync_device(device)
         best = max(best, 2 * size**3 / (time.perf_counter() - t0))
     return best
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -107,11 +107,11 @@ def bench_training(
     for i in range(warmup):
         step(i)
     passes = 0.0
-    _sync(dev)
+    sync_device(dev)
     t0 = time.perf_counter()
     for i in range(steps):
         step(1000 + i)
-    _sync(dev)
+    sync_device(dev)
     dt = (time.perf_counter() - t0) / steps
     peak = matmul_peak_flops(dev)
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from parcae_lm.bench import matmul_peak_flops, peak_memory_bytes
+from parcae_lm.bench import matmul_peak_flops, peak_memory_bytes, sync_device
 from parcae_lm.errors import ConfigError
 from parcae_lm.flops import inference_flops
 from parcae_lm.infer.engine import Engine
@@ -85,14 +85,14 @@ def bench_generate(
     vocab = cfg.vocab_size
 
     def run(engine: Engine) -> tuple[float, float]:
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         logits = engine.prefill(prompt)
-        _sync(device)
+        sync_device(device)
         t1 = time.perf_counter()
         for _ in range(new_tokens):
             logits = engine.step(logits[:, :vocab].argmax(-1))
-        _sync(device)
+        sync_device(device)
         return t1 - t0, time.perf_counter() - t1
 
     engine = Engine(model, batch_size, total, num_steps, strategy)
@@ -108,7 +108,7 @@ def bench_generate(
 
     kw = {} if num_steps is None else {"num_steps": num_steps}
     flops_tok = inference_flops(cfg, prompt_len + new_tokens // 2, **kw)
-    peak = peak_flops if peak_flops is not None else measure_peak(device)
+    peak = peak_flops if peak_flops is not None else matmul_peak_flops(device, seconds=2.0)
     decode_tps = batch_size * new_tokens / decode_s
     return GenerateBenchResult(
         model=name,
@@ -142,26 +142,12 @@ def _eager_decode(
     cache = KVCache(model, B, T + tokens, strategy=strategy, **kw)
     logits = model(prompt, kv_cache=cache)["logits"][:, -1]
     token = logits.argmax(-1)
-    _sync(prompt.device)
+    sync_device(prompt.device)
     t0 = time.perf_counter()
     for _ in range(tokens):
         token = model(token[:, None], kv_cache=cache)["logits"][:, -1].argmax(-1)
-    _sync(prompt.device)
+    sync_device(prompt.device)
     return B * tokens / (time.perf_counter() - t0)
-
-
-def measure_peak(device: torch.device) -> float:
-    """`matmul_peak_flops`, retried with smaller matrices if none finished in time (a loaded machine)."""
-    for size in (2048, 1024, 512):
-        peak = matmul_peak_flops(device, size=size, seconds=2.0)
-        if peak > 0:
-            return peak
-    raise RuntimeError("could not time a single matmul: is the machine overloaded?")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def format_table(results: list[GenerateBenchResult]) -> str:
@@ -213,7 +199,7 @@ def cmd_bench_generate(args) -> int:
     sizes = parse_batch_sizes(args.batch_sizes)
     strategy = CacheStrategy.parse(args.cache)
     model, name = load_model_or_default(args.model, args.device)
-    peak = measure_peak(model.device)
+    peak = matmul_peak_flops(model.device, seconds=2.0)
     results = [
         bench_generate(
             model,
