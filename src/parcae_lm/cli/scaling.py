@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -219,22 +218,11 @@ def fit_unified_cmd(args) -> int:
     return _finish(args, "unified", table, columns, fit.to_dict(), fit.to_markdown(), files)
 
 
-def _json_safe(obj):
-    """NaN/inf are not JSON; write them as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def _finish(args, kind: str, table: F.RunTable, columns: dict, result: dict, markdown: str, files) -> int:
     out: Path = args.out
     payload = {"source": table.source, "rows": len(table.rows), "columns": columns, "result": result}
     json_path, md_path = out / f"{kind}.json", out / f"{kind}.md"
-    atomic_write_text(json_path, json.dumps(_json_safe(payload), indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(F.json_safe(payload), indent=2) + "\n")
     atomic_write_text(md_path, f"# {kind} fit of {table.source}\n\n{markdown}")
     print(markdown)
     for path in [json_path, md_path, *files]:

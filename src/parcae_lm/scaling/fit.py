@@ -1021,3 +1021,14 @@ def fit_unified(
     fit.mean_abs_rel_error = float(np.mean(np.abs(pred - l_a) / l_a))
     fit.r2 = _r2(l_a, pred)
     return fit
+
+
+def json_safe(obj):
+    """NaN/inf are not JSON; write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj

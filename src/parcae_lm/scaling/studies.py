@@ -539,15 +539,5 @@ def run_study(
     text += "".join(f"\n![{p.stem}]({p})\n" for p in report.figures)
     atomic_write_text(out / "report.md", text)
     if report.extra:
-        atomic_write_text(out / "analysis.json", json.dumps(_json_safe(report.extra), indent=2) + "\n")
+        atomic_write_text(out / "analysis.json", json.dumps(F.json_safe(report.extra), indent=2) + "\n")
     return result, report
-
-
-def _json_safe(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
