@@ -7,37 +7,10 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from parcae_lm.errors import ConfigError
-
-
-def measure_matmul_peak(device: torch.device, seconds: float = 0.3) -> float:
-    """fp32 matmul FLOP/s on `device`, from a short square-matmul benchmark (the MFU denominator)."""
-    n = 2048 if device.type == "cuda" else 512
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(2):  # warm-up (allocations, thread pool, cuBLAS heuristics)
-        a @ b
-    sync()
-    iters, start = 0, time.perf_counter()
-    while True:
-        for _ in range(4):
-            a @ b
-        iters += 4
-        sync()
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return 2 * n**3 * iters / elapsed
 
 
 class MetricsLogger:

@@ -25,10 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from parcae_lm.bench import matmul_peak_flops
 from parcae_lm.cache import atomic_write_text
 from parcae_lm.checkpoint import save_pretrained
 from parcae_lm.config import create_config
 from parcae_lm.errors import ConfigError, TrainingError
+from parcae_lm.flops import flops_per_token
 from parcae_lm.model.recurrence import DepthShard
 from parcae_lm.train import checkpoint as ckpt
 from parcae_lm.train.config import Precision, RunConfig, Strategy, coerce_model_overrides
@@ -44,7 +46,7 @@ from parcae_lm.train.distributed import (
     wrap_model,
 )
 from parcae_lm.train.optim import MuonAdamW, lr_factor, muon_momentum, muon_weight_decay
-from parcae_lm.train.telemetry import MetricsLogger, measure_matmul_peak, plot_curves
+from parcae_lm.train.telemetry import MetricsLogger, plot_curves
 
 FINAL_RESERVE_MARGIN_S = 10.0  # seconds kept free in a time budget for saving, samples, plots
 
@@ -113,23 +115,11 @@ def pick_cpu_threads() -> tuple[int, float]:
     best = (max_threads, 0.0)
     for n in range(1, max_threads + 1):
         torch.set_num_threads(n)
-        flops = measure_matmul_peak(torch.device("cpu"), seconds=0.25)
+        flops = matmul_peak_flops("cpu", size=512, seconds=0.25)
         if flops > best[1]:
             best = (n, flops)
     torch.set_num_threads(best[0])
     return best
-
-
-def flops_per_token(mcfg, seq_len: int, model: nn.Module) -> float:
-    """Training FLOPs/token (paper accounting) from parcae_lm.flops; 6N + attention if it is missing."""
-    try:
-        from parcae_lm.flops import flops_per_token as paper_flops
-    except ImportError:
-        paper_flops = None
-    if paper_flops is not None:
-        return float(paper_flops(mcfg, seq_len))
-    n = sum(p.numel() for p in model.parameters()) - mcfg.padded_vocab_size * mcfg.n_embd
-    return 6.0 * n + 12.0 * mcfg.n_embd * seq_len * getattr(mcfg, "n_layer", 1)
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -294,7 +284,7 @@ def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> 
     mcfg = build_model_config(cfg, tokenizer.vocab_size)
     raw = mcfg.construct_model().to(info.device)
     n_params = sum(p.numel() for p in raw.parameters())
-    fpt = flops_per_token(mcfg, cfg.seq_len, raw)
+    fpt = float(flops_per_token(mcfg, cfg.seq_len))
     if cfg.activation_checkpointing:
         if not hasattr(raw, "gradient_checkpointing"):
             raise ConfigError(
@@ -346,7 +336,7 @@ def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> 
         threads, peak = pick_cpu_threads()
         log(f"CPU threads: {threads} (the fastest fp32 matmul among 1..{candidates})")
     else:
-        peak = measure_matmul_peak(info.device)
+        peak = matmul_peak_flops(info.device, seconds=0.3)
     eval_bs = cfg.eval_batch_size or cfg.micro_batch_size
     if max_steps is None and state.train_seconds is None:
         reserve = _final_reserve(model, shard_dir, final_depths, eval_bs, cfg, token_bytes, info)
