@@ -66,6 +66,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished directory into place; an existing `dst` is removed only after `src` has replaced it,
+    so there is never a moment without a complete copy."""
+    if dst.exists():
+        trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, trash)
+        os.replace(src, dst)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
 def fetch_pypi_package(name: str, version: str, sha256: str, *, sdist: bool = False) -> Path:
     """Return the path of `name==version` (wheel, or sdist if `sdist`) in the cache, downloading it once.
 

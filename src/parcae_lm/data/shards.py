@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from parcae_lm.cache import atomic_write_text
+from parcae_lm.cache import atomic_write_text, replace_dir
 from parcae_lm.errors import DataError
 from parcae_lm.tokenizer import Tokenizer
 
@@ -290,23 +290,12 @@ def prepare(
             sources=list(description),
         )
         atomic_write_text(tmp / MANIFEST, manifest.to_json())
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished directory into place; an old `dst` is removed only after the new one is complete."""
-    if dst.exists():
-        trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, trash)
-        os.replace(src, dst)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(src, dst)
 
 
 # ---------------------------------------------------------------------- reading

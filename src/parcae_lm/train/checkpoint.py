@@ -29,6 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from parcae_lm.cache import replace_dir
 from parcae_lm.errors import CheckpointError
 
 _STEP_RE = re.compile(r"^step_(\d+)$")
@@ -126,13 +127,7 @@ def save_checkpoint(
                 "compat": compat,
             }
             _fsync_write(tmp / "state.pt", state)
-            if final.exists():  # re-saving the same step: swap, never leave a gap without a good copy
-                old = ckpt_dir / f".old-step_{step}-{os.getpid()}"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
+            replace_dir(tmp, final)  # re-saving the same step swaps, never leaving a gap without a good copy
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
