@@ -373,10 +373,14 @@ def test_parcae_config_roundtrips_through_dict():
 
 
 def test_rope_rotates_interleaved_pairs():
-    from parcae_lm.model.layers import apply_rope, rope_table
+    from parcae_lm.model.layers import apply_rope, rope_real, rope_table
 
     x = torch.randn(2, 5, 3, 8)
-    out = apply_rope(x, rope_table(5, 8, 50000.0, 1.0))
+    table = rope_table(5, 8, 50000.0, 1.0)
+    out = apply_rope(x, table)
+    # the real-arithmetic form used under torch.compile, with shared and per-row tables
+    torch.testing.assert_close(rope_real(x, table), out, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rope_real(x, table.expand(2, 5, 4)), out, rtol=1e-6, atol=1e-6)
     pos = torch.arange(5.0)[:, None]
     theta = pos * 50000.0 ** (-torch.arange(0, 8, 2) / 8)  # [T, D/2]
     a, b = x[..., 0::2], x[..., 1::2]
@@ -407,19 +411,41 @@ def test_chunked_head_loss_and_grads_equal_plain_cross_entropy(softcap):
 
 
 def test_linear_cross_entropy_chunks_agree():
-    from parcae_lm.model.loss import linear_cross_entropy_sum
+    from parcae_lm.model.loss import linear_cross_entropy
 
     x = torch.randn(37, 16, requires_grad=True)
     w = torch.randn(50, 16, requires_grad=True)
     y = torch.randint(0, 50, (37,))
     y[::5] = -100
-    total = linear_cross_entropy_sum(x, w, y, chunk=4)
-    gx, gw = torch.autograd.grad(2.0 * total, (x, w))
-    ref = torch.nn.functional.cross_entropy(x @ w.T, y, reduction="sum")
-    rx, rw = torch.autograd.grad(2.0 * ref, (x, w))
-    torch.testing.assert_close(total, ref)
-    torch.testing.assert_close(gx, rx, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(gw, rw, rtol=1e-4, atol=1e-5)
+    ref = torch.nn.functional.cross_entropy(x @ w.T, y)
+    for upstream in (1.0, 2.0):  # 1.0 takes the no-rescale shortcut in backward
+        loss = linear_cross_entropy(x, w, y, chunk=4)
+        gx, gw = torch.autograd.grad(upstream * loss, (x, w))
+        rx, rw = torch.autograd.grad(upstream * ref, (x, w), retain_graph=True)
+        torch.testing.assert_close(loss, ref)
+        torch.testing.assert_close(gx, rx, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(gw, rw, rtol=1e-4, atol=1e-5)
+    all_ignored = linear_cross_entropy(x, w, torch.full_like(y, -100), chunk=4)
+    assert all_ignored.item() == 0.0
+    assert torch.autograd.grad(all_ignored, x)[0].abs().max() == 0
+
+
+@pytest.mark.slow
+def test_compiled_blocks_match_eager():
+    x = torch.randint(0, 97, (2, 12))
+    eager = micro(init_strategy="scaled").train()
+    compiled = micro(init_strategy="scaled").train()
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_blocks()
+    out = []
+    for model in (eager, compiled):
+        model.step = 3
+        loss = model(x, labels=x)["loss"]
+        loss.backward()
+        out.append((loss, {n: p.grad for n, p in model.named_parameters()}))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-5, atol=1e-6)
+    for n, g in out[0][1].items():
+        torch.testing.assert_close(out[1][1][n], g, rtol=1e-4, atol=1e-6, msg=n)
 
 
 def test_activation_checkpointing_gives_identical_gradients():

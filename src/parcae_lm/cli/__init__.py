@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from parcae_lm.errors import ParcaeError
+from parcae_lm.runtime import keep_freed_memory
 
 # Command-group modules, in the order they appear in `parcae --help`.
 GROUPS = ["model", "data", "train", "eval", "scaling", "infer"]
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    keep_freed_memory()  # reuse freed activations instead of page-faulting them back in every step
     try:
         return int(args.func(args) or 0)
     except ParcaeError as e:

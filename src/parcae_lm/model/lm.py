@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from parcae_lm.config import ModelConfig
 from parcae_lm.model.layers import AttnContext, Block, init_matrix, rope_table
-from parcae_lm.model.loss import IGNORE_INDEX, linear_cross_entropy_sum
+from parcae_lm.model.loss import IGNORE_INDEX, linear_cross_entropy
 
 
 class LanguageModel(nn.Module):
@@ -70,10 +70,9 @@ class LanguageModel(nn.Module):
         if labels is not None and not return_logits:
             # Training path: chunked fused head + loss, never holding [tokens, vocab] fp32 logits.
             flat = labels.reshape(-1)
-            nll = linear_cross_entropy_sum(
+            loss = linear_cross_entropy(
                 y.reshape(-1, y.shape[-1]), self.lm_head.weight, flat, softcap=self.config.logit_softcap
             )
-            loss = nll / (flat != IGNORE_INDEX).sum().clamp_min(1)
             return {"loss": loss, "logits": None, "log_ppl": loss.detach()}
         logits = self.lm_head(y).float()
         if self.config.logit_softcap is not None:

@@ -2,9 +2,9 @@
 
 Rows are processed in chunks: each chunk's logits are computed, turned into its loss and — when
 gradients are needed — straight into the gradients of the hidden states and the head weight, then
-dropped. Peak memory is chunk × vocab instead of tokens × vocab, the FLOPs are the same as the plain
-path (no recomputation: the backward pass only scales the stored gradients), and on CPU the chunks stay
-in cache, which makes it faster too.
+dropped. Peak memory is chunk × vocab instead of tokens × vocab and the FLOPs are the same as the plain
+path (no recomputation). The gradients already carry the 1/(labelled tokens) of the mean, so for the
+usual `loss.backward()` (upstream gradient exactly 1) the backward pass has nothing left to do.
 """
 
 from __future__ import annotations
@@ -20,42 +20,56 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, labels: Tensor, chunk: int, softcap: float | None) -> Tensor:
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         w = weight.to(x.dtype)
+        valid = labels != IGNORE_INDEX
+        safe = torch.where(valid, labels, 0)
+        inv_count = 1.0 / valid.sum().clamp_min(1).float()
+        row_scale = valid * inv_count  # mean over labelled rows, 0 for ignored ones
+        logits_buf = torch.empty(min(chunk, x.shape[0]), w.shape[0], dtype=x.dtype, device=x.device)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         grad_x = torch.empty_like(x) if needs_grad else None
-        grad_w = None
+        # fp32 accumulates the weight gradient in place across chunks; lower precisions sum in fp32.
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=x.device) if needs_grad else None
         for start in range(0, x.shape[0], chunk):
-            xs, ys = x[start : start + chunk], labels[start : start + chunk]
-            logits = (xs @ w.T).float()
+            xs, ys = x[start : start + chunk], safe[start : start + chunk]
+            logits = torch.mm(xs, w.T, out=logits_buf[: len(xs)]).float()
             if softcap is not None:
                 t = torch.tanh(logits / softcap)
                 logits = softcap * t
-            valid = ys != IGNORE_INDEX
-            safe = torch.where(valid, ys, 0)
             logp = torch.log_softmax(logits, dim=-1)  # one fused kernel; its exp is the softmax below
-            total -= (logp.gather(1, safe[:, None]).squeeze(1) * valid).sum()
+            scale = row_scale[start : start + chunk]
+            total -= (logp.gather(1, ys[:, None]).squeeze(1) * scale).sum()
             if needs_grad:
                 g = logp.exp_()  # softmax, in place
-                g[torch.arange(len(ys), device=x.device), safe] -= 1.0
-                g *= valid[:, None]
+                g[torch.arange(len(ys), device=x.device), ys] -= 1.0
+                g *= scale[:, None]
                 if softcap is not None:
                     g *= 1.0 - t.square()
                 g = g.to(x.dtype)
-                grad_x[start : start + chunk] = g @ w
-                part = (g.T @ xs).float()
-                grad_w = part if grad_w is None else grad_w.add_(part)
+                torch.mm(g, w, out=grad_x[start : start + chunk])
+                if g.dtype == grad_w.dtype:
+                    grad_w.addmm_(g.T, xs)
+                else:
+                    grad_w += (g.T @ xs).float()
         if needs_grad:
-            grad_w = torch.zeros_like(weight) if grad_w is None else grad_w.to(weight.dtype)
-            ctx.save_for_backward(grad_x, grad_w)
+            ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
         return total
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_out.to(grad_x.dtype), grad_w * grad_out.to(grad_w.dtype), None, None, None
+        # On CPU checking for the common upstream gradient of exactly 1 is free and skips two passes
+        # over the [vocab, d] gradient; on accelerators the check would be a host sync, so just scale.
+        if not (grad_out.device.type == "cpu" and grad_out.item() == 1.0):
+            grad_x = grad_x * grad_out.to(grad_x.dtype)
+            grad_w = grad_w * grad_out.to(grad_w.dtype)
+        return grad_x, grad_w, None, None, None
 
 
-def linear_cross_entropy_sum(
+def linear_cross_entropy(
     x: Tensor, weight: Tensor, labels: Tensor, chunk: int = 256, softcap: float | None = None
 ) -> Tensor:
-    """Σ over labelled rows of CE(softcap(x @ weightᵀ), label); x [N, d], weight [V, d], labels [N]."""
+    """Mean over labelled rows of CE(softcap(x @ weightᵀ), label); x [N, d], weight [V, d], labels [N].
+
+    Rows labelled IGNORE_INDEX count for nothing; with no labelled row the loss is 0.
+    """
     return _ChunkedLinearCrossEntropy.apply(x, weight, labels, chunk, softcap)
