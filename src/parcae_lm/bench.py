@@ -1,13 +1,14 @@
 """Throughput benchmarks: tokens/s, MFU against the matmul peak measured in the same process, peak memory.
 
 MFU = (model FLOPs per token × tokens/s) ÷ peak, where the peak is the best fp32 (CPU) or bf16 (CUDA)
-matmul throughput measured here on square matrices; model FLOPs follow `parcae_lm.flops` with the
-depths actually run.
+matmul throughput measured here on square matrices right after each timed step; model FLOPs follow
+`parcae_lm.flops` with the depths actually run.
 """
 
 from __future__ import annotations
 
 import resource
+import statistics
 import time
 from dataclasses import asdict, dataclass
 
@@ -24,13 +25,14 @@ def matmul_peak_flops(device: str | torch.device = "cpu", size: int = 2048, seco
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
+    c = torch.empty(size, size, device=device, dtype=dtype)
     best, deadline = 0.0, time.perf_counter() + seconds
     for _ in range(2):
-        a @ b  # warm up
+        torch.mm(a, b, out=c)  # warm up
     while best == 0.0 or time.perf_counter() < deadline:  # at least one timed matmul, even on a busy machine
         sync_device(device)
         t0 = time.perf_counter()
-        a @ b
+        torch.mm(a, b, out=c)
         sync_device(device)
         best = max(best, 2 * size**3 / (time.perf_counter() - t0))
     return best
@@ -107,49 +109,46 @@ def bench_training(
     for i in range(warmup):
         step(i)
     passes = 0.0
-    sync_device(dev)
-    t0 = time.perf_counter()
+    # This machine's matmul throughput itself drifts (shared hosts, clocks), so each timed step is paired
+    # with a short peak measurement taken right after it, and MFU is the median of the per-step ratios.
+    times, peaks = [], []
     for i in range(steps):
+        sync_device(dev)
+        t0 = time.perf_counter()
         step(1000 + i)
-    sync_device(dev)
-    dt = (time.perf_counter() - t0) / steps
-    peak = matmul_peak_flops(dev)
+        sync_device(dev)
+        times.append(time.perf_counter() - t0)
+        peaks.append(matmul_peak_flops(dev, seconds=0.25))
 
-    if isinstance(cfg, ParcaeConfig):
-        # FLOPs of the depths actually run: row-passes per step / batch = mean per-sequence depth.
-        n_mean, k_mean = _mean_depths(model, steps, batch_size, seq_len)
-        flops_tok = training_flops(cfg, seq_len, n_mean, k_mean).per_token
-    else:
-        flops_tok = training_flops(cfg, seq_len).per_token
-    tps = batch_size * seq_len / dt
+    tokens = batch_size * seq_len
+    flops_tok = [_step_flops_per_token(model, cfg, 1000 + i, batch_size, seq_len) for i in range(steps)]
+    mean_flops_tok = statistics.fmean(flops_tok)
+    dt = statistics.median(times)
     return TrainBenchResult(
         config=cfg.name,
         params=model.num_parameters(),
         batch_size=batch_size,
         seq_len=seq_len,
         threads=torch.get_num_threads(),
-        tokens_per_second=tps,
+        tokens_per_second=tokens / dt,
         seconds_per_step=dt,
-        flops_per_token=flops_tok,
-        achieved_flops=flops_tok * tps,
-        peak_flops=peak,
-        mfu=flops_tok * tps / peak,
+        flops_per_token=mean_flops_tok,
+        achieved_flops=mean_flops_tok * tokens / dt,
+        peak_flops=statistics.median(peaks),
+        mfu=statistics.median(f * tokens / (t * p) for f, t, p in zip(flops_tok, times, peaks)),
         core_passes_per_step=passes / steps,
         peak_memory_mb=peak_memory_bytes(dev) / 2**20,
     )
 
 
-def _mean_depths(model, steps: int, batch_size: int, seq_len: int) -> tuple[float, float]:
+def _step_flops_per_token(model, cfg: ModelConfig, step: int, batch_size: int, seq_len: int) -> float:
+    """Model FLOPs per token of one step, at the depths that step actually ran (their batch means)."""
+    if not isinstance(cfg, ParcaeConfig):
+        return training_flops(cfg, seq_len).per_token
     from parcae_lm.model.recurrence import sample_depths
 
-    ns, ks = [], []
-    for i in range(steps):
-        d = sample_depths(
-            model.config, 1000 + i, batch_size, seq_len, model.depth_shard, model.config.state_init_seed
-        )
-        ns.append(d.n.float().mean().item())
-        ks.append(d.k.float().mean().item())
-    return sum(ns) / steps, sum(ks) / steps
+    d = sample_depths(cfg, step, batch_size, seq_len, model.depth_shard, cfg.state_init_seed)
+    return training_flops(cfg, seq_len, d.n.float().mean().item(), d.k.float().mean().item()).per_token
 
 
 def _core_passes(model, batch_size: int, seq_len: int) -> float:

@@ -233,8 +233,8 @@ def cmd_bench_train(args) -> int:
     print(f"throughput    {r.tokens_per_second:,.0f} tok/s fwd+bwd ({r.seconds_per_step:.3f} s/step)")
     print(f"core passes   {r.core_passes_per_step:.2f} per step")
     print(f"model FLOPs   {r.flops_per_token / 1e6:.1f} MFLOP/token → {r.achieved_flops / 1e9:.1f} GFLOP/s")
-    print(f"matmul peak   {r.peak_flops / 1e9:.1f} GFLOP/s (measured now)")
-    print(f"MFU           {100 * r.mfu:.1f}%")
+    print(f"matmul peak   {r.peak_flops / 1e9:.1f} GFLOP/s (median, measured after each step)")
+    print(f"MFU           {100 * r.mfu:.1f}% (median of per-step ratios)")
     print(f"peak memory   {r.peak_memory_mb:,.0f} MB")
     if args.json:
         from parcae_lm.cache import atomic_write_text

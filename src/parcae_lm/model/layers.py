@@ -66,8 +66,18 @@ def rope_table(length: int, head_size: int, base: float, condense: float, device
 def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
     """x: [B, T, H, D]; freqs: [T, D/2] or [B, T, D/2] complex. The pair (a, b) is the number a + ib,
     so one complex multiply gives (a cos − b sin, b cos + a sin), computed in fp32."""
+    if torch.compiler.is_compiling():
+        return rope_real(x, freqs)
     xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
     return torch.view_as_real(xc * freqs.unsqueeze(-2)).flatten(-2).type_as(x)
+
+
+def rope_real(x: Tensor, freqs: Tensor) -> Tensor:
+    """The same rotation in real arithmetic. Inductor cannot generate code for complex tensors but fuses
+    this into one kernel; in eager mode the strided real version is the slower of the two."""
+    cos, sin = torch.view_as_real(freqs).unsqueeze(-3).unbind(-1)  # each [.., T, 1, D/2]
+    a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2).type_as(x)
 
 
 @dataclass
@@ -99,18 +109,26 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(n_head * self.head_size, d, bias=bias)
         self.ve_gate = nn.Linear(VE_GATE_CHANNELS, n_kv, bias=False) if has_ve else None
 
+    def qkv(self, x: Tensor) -> Tensor:
+        """q, k and v in one matmul (the weights stay separate parameters, as in the authors' checkpoints)."""
+        lins = (self.c_q, self.c_k, self.c_v)
+        if not all(isinstance(lin.weight, Tensor) for lin in lins):  # e.g. int8 dynamic-quantized modules
+            return torch.cat([lin(x) for lin in lins], dim=-1)
+        bias = None if self.c_q.bias is None else torch.cat([lin.bias for lin in lins])
+        return F.linear(x, torch.cat([lin.weight for lin in lins]), bias)
+
     def forward(self, x: Tensor, ctx: AttnContext, ve: Tensor | None = None, kv_slot=None) -> Tensor:
         B, T, _ = x.shape
-        q = self.c_q(x).view(B, T, self.n_head, self.head_size)
-        k = self.c_k(x).view(B, T, self.n_kv, self.head_size)
-        v = self.c_v(x).view(B, T, self.n_kv, self.head_size)
+        H, Hkv, D = self.n_head, self.n_kv, self.head_size
+        qkv = self.qkv(x).view(B, T, H + 2 * Hkv, D)
+        qk, v = qkv.split([H + Hkv, Hkv], dim=2)
         if ve is not None and self.ve_gate is not None:
             gate = 2.0 * torch.sigmoid(self.ve_gate(x[..., :VE_GATE_CHANNELS]))  # [B, T, n_kv] in (0, 2)
-            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv, self.head_size)
-        q, k = apply_rope(q, ctx.freqs), apply_rope(k, ctx.freqs)
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, Hkv, D)
+        qk = apply_rope(qk, ctx.freqs)  # q and k heads together: one rotation, one norm
         if self.qk_norm:
-            q = F.rms_norm(q, (self.head_size,))
-            k = F.rms_norm(k, (self.head_size,))
+            qk = F.rms_norm(qk, (D,))
+        q, k = qk.split([H, Hkv], dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
         if kv_slot is not None:
             k, v = kv_slot.update(k, v)
