@@ -54,7 +54,7 @@ WORDS = [
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, Path]:
-    from parcae_lm.data import prepare
+    from parcae_lm.data.shards import prepare
     from parcae_lm.tokenizer import Tokenizer
 
     rng = random.Random(0)

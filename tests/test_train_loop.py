@@ -48,7 +48,7 @@ WORDS = [
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, Path]:
     """A 512-token BPE and train/val shards of synthetic verse (a few seconds to build)."""
-    from parcae_lm.data import prepare
+    from parcae_lm.data.shards import prepare
     from parcae_lm.tokenizer import Tokenizer
 
     rng = random.Random(0)

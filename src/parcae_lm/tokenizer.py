@@ -22,7 +22,6 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
@@ -31,6 +30,7 @@ from parcae_lm.errors import DataError, TokenizerError
 
 if TYPE_CHECKING:
     import tiktoken
+    import torch
 
 # GPT-4's split pattern, except that digit runs split into groups of at most two (`\p{N}{1,2}`).
 SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
@@ -176,6 +176,8 @@ class Tokenizer:
             "clean_up_tokenization_spaces": False,
         }
         atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+        import torch
+
         buf = io.BytesIO()
         torch.save(self.token_bytes().to(torch.int32), buf)
         atomic_write_bytes(directory / TOKEN_BYTES_FILE, buf.getvalue())
@@ -222,6 +224,8 @@ class Tokenizer:
         for tokens holding part of a multi-byte character. Summing it over `encode(text)` gives
         `len(text.encode())`, which is what bits-per-byte needs.
         """
+        import torch  # (lazily: the CLI parses its arguments before torch loads)
+
         added = set(self._hf.get_added_tokens_decoder())
         out = torch.zeros(self.vocab_size, dtype=torch.long)
         for token, tid in self._hf.get_vocab(with_added_tokens=True).items():

@@ -23,6 +23,7 @@ from parcae_lm.errors import ConfigError
 def register(subparsers: argparse._SubParsersAction) -> None:
     grp = subparsers.add_parser("infer", help="adaptive depth, KV-cache strategies, quantization, export")
     sub = grp.add_subparsers(dest="infer", metavar="WHAT")
+    grp.set_defaults(token_by_token=True)
 
     def data_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("model", help="run / save_pretrained directory")
@@ -89,7 +90,7 @@ def _setup(args):
     token_bytes = Tokenizer.load(tok_dir).token_bytes()
     shards = args.shards
     if shards is None:
-        from parcae_lm.data import prepare_default
+        from parcae_lm.data.default import prepare_default
 
         _, shards = prepare_default(vocab_size=model.config.vocab_size, progress=False)
     if args.seq_len > model.config.block_size:

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default MODEL/tokenizer)")
     p.add_argument("--device", default="cpu")
-    p.set_defaults(func=cmd_generate)
+    p.set_defaults(func=cmd_generate, token_by_token=True)
 
     bench = sub.add_parser("bench", help="throughput benchmarks").add_subparsers(dest="bench", metavar="WHAT")
     p = bench.add_parser("train", help="forward+backward tok/s, MFU vs measured matmul peak, peak memory")
@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", default="full", help="KV cache strategy: full, last, first-last, ring-N")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.set_defaults(func=cmd_bench_generate)
+    p.set_defaults(func=cmd_bench_generate, token_by_token=True)
 
 
 def parse_overrides(items: list[str]) -> dict:

@@ -49,7 +49,9 @@ class StudyName(enum.StrEnum):
 def study_data(vocab_size: int = 4096, val_chars: int = STUDY_VAL_CHARS) -> tuple[Path, Path]:
     """(tokenizer_dir, shard_dir): the default Shakespeare corpus and tokenizer, with the validation split
     cut to the first `val_chars` characters (at a line end) of each work's validation tail."""
-    from parcae_lm.data import prepare, prepare_default, shakespeare_corpus
+    from parcae_lm.data.corpus import shakespeare_corpus
+    from parcae_lm.data.default import prepare_default
+    from parcae_lm.data.shards import prepare
     from parcae_lm.tokenizer import Tokenizer
 
     tok_dir, _ = prepare_default(None, vocab_size, progress=False)

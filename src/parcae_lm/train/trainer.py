@@ -76,7 +76,7 @@ def prepare_data(cfg: RunConfig, info: DistInfo) -> tuple[Path, Path]:
         if not tok_dir.is_dir():
             raise ConfigError(f"tokenizer_dir {tok_dir} does not exist")
         return tok_dir, shard_dir
-    from parcae_lm.data import prepare_default
+    from parcae_lm.data.default import prepare_default
 
     if info.is_main:  # other ranks wait, then find it cached (prepare_default also holds a file lock)
         prepare_default(None, cfg.vocab_size, progress=cfg.progress)
