@@ -5,8 +5,8 @@
   and output. Embedding tables stay fp32 (lookups, no matmul). CPU only (the kernels are fbgemm/onednn).
 - `export_program` / `export_onnx`: the fixed-depth, cache-free forward ids [B, T] → logits [B, T, V]
   as a `torch.export` program (.pt2, loadable without our code) or an ONNX graph (the `onnx`,
-  `onnxscript` packages; run it with onnxruntime). ONNX currently fails on the model's complex-valued
-  RoPE (the exporter has no complex support) and says so. The batch size is dynamic; the sequence length is
+  `onnxscript` packages; run it with onnxruntime). Tracing takes RoPE's real-arithmetic form
+  (`layers.rope_real`), which ONNX can express. The batch size is dynamic; the sequence length is
   fixed at export time, because the model's attention chooses `is_causal` from the length in Python,
   which torch.export cannot keep symbolic.
 """
@@ -123,15 +123,7 @@ def export_onnx(
     tmp = path.with_name(f".{path.name}.tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
-        except Exception as e:  # the exporter's own error types live in a private module
-            if "complex" in str(e):
-                raise ConfigError(
-                    "ONNX export failed: the model's RoPE multiplies complex tensors, which the ONNX "
-                    "exporter cannot translate; use the torch.export program (--format program)"
-                ) from None
-            raise
+        onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
         onnx_program.save(str(tmp))
     os.replace(tmp, path)
     return path
