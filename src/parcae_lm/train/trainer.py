@@ -371,27 +371,24 @@ def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> 
         else None
     )
     try:
-        _loop(
-            cfg,
-            model,
-            raw,
-            optimizer,
-            loader,
-            state,
-            budget,
-            grad_accum,
-            info,
-            metrics,
-            ckpt_dir,
-            compat,
-            depths,
-            shard_dir,
-            token_bytes,
-            fpt,
-            peak,
-            eval_bs,
-            log,
+        run = _Run(
+            cfg=cfg,
+            model=model,
+            raw=raw,
+            optimizer=optimizer,
+            loader=loader,
+            info=info,
+            metrics=metrics,
+            ckpt_dir=ckpt_dir,
+            compat=compat,
+            depths=depths,
+            shard_dir=shard_dir,
+            token_bytes=token_bytes,
+            fpt=fpt,
+            peak=peak,
+            eval_bs=eval_bs,
         )
+        _loop(run, state, budget, grad_accum)
         # --- final evaluation over the whole validation split, model, samples, plots ------------
         t_eval = time.perf_counter()
         final = evaluate(
@@ -494,27 +491,38 @@ def _final_reserve(model, shard_dir, depths, eval_bs, cfg, token_bytes, info) ->
     return per_batch * math.ceil(n_batches / info.world_size) * 1.15 + FINAL_RESERVE_MARGIN_S
 
 
-def _loop(
-    cfg,
-    model,
-    raw,
-    optimizer,
-    loader,
-    state,
-    budget,
-    grad_accum,
-    info,
-    metrics,
-    ckpt_dir,
-    compat,
-    depths,
-    shard_dir,
-    token_bytes,
-    fpt,
-    peak,
-    eval_bs,
-    log,
-) -> None:
+@dataclass
+class _Run:
+    """The fixed pieces of a training run that the step loop reads."""
+
+    cfg: RunConfig
+    model: nn.Module  # possibly wrapped (DDP / FSDP2 / compiled)
+    raw: nn.Module  # the underlying LanguageModel
+    optimizer: Any
+    loader: Any
+    info: DistInfo
+    metrics: MetricsLogger | None
+    ckpt_dir: Path
+    compat: dict[str, Any]  # what a resumed checkpoint must agree with
+    depths: list[int | None]  # evaluation depths
+    shard_dir: Path
+    token_bytes: torch.Tensor
+    fpt: float  # model FLOPs per token
+    peak: float  # measured matmul peak FLOP/s (for MFU)
+    eval_bs: int
+
+
+def _loop(run: _Run, state: TrainerState, budget: Budget, grad_accum: int) -> None:
+    cfg, model, raw, optimizer, loader, info = (
+        run.cfg,
+        run.model,
+        run.raw,
+        run.optimizer,
+        run.loader,
+        run.info,
+    )
+    metrics, ckpt_dir, shard_dir, token_bytes = run.metrics, run.ckpt_dir, run.shard_dir, run.token_bytes
+    depths, compat, fpt, peak, eval_bs = run.depths, run.compat, run.fpt, run.peak, run.eval_bs
     from tqdm.auto import tqdm
 
     device = info.device
