@@ -17,6 +17,7 @@ import torch
 from parcae_lm.config import ModelConfig, ParcaeConfig, SamplingScheme
 from parcae_lm.flops import training_flops
 from parcae_lm.model import build_model
+from parcae_lm.runtime import keep_freed_memory
 
 
 def matmul_peak_flops(device: str | torch.device = "cpu", size: int = 2048, seconds: float = 1.0) -> float:
@@ -80,8 +81,12 @@ def bench_training(
     fused_loss: bool = True,
     activation_checkpointing: bool = False,
 ) -> TrainBenchResult:
-    """Time forward+backward steps on random tokens (no optimizer step: this measures the model)."""
+    """Time forward+backward steps on random tokens (no optimizer step: this measures the model).
+
+    On CPU this applies `runtime.keep_freed_memory()` to the process, as the `parcae` CLI does."""
     dev = torch.device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()
     torch.manual_seed(0)
     model = build_model(cfg).to(dev).train()
     if isinstance(cfg, ParcaeConfig):

@@ -32,6 +32,7 @@ from parcae_lm.config import create_config
 from parcae_lm.errors import ConfigError, TrainingError
 from parcae_lm.flops import flops_per_token
 from parcae_lm.model.recurrence import DepthShard
+from parcae_lm.runtime import keep_freed_memory
 from parcae_lm.train import checkpoint as ckpt
 from parcae_lm.train.config import Precision, RunConfig, Strategy, coerce_model_overrides
 from parcae_lm.train.distributed import (
@@ -250,6 +251,8 @@ def train(cfg: RunConfig, config_name: str = "run", start_time: float | None = N
 def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> RunResult:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    if info.device.type == "cpu":
+        keep_freed_memory()  # (the CLI already did; this covers train() called from Python)
     if info.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
