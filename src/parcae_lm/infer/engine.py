@@ -14,10 +14,16 @@ The training-oriented forward spends most of a one-token decode step in Python a
 It reads the model's modules at construction (so build it after loading/quantizing weights) and never
 modifies the model. Parcae and GPT are both supported; for Parcae the loop is exposed one iteration at
 a time (`prelude`, `iterate`, `readout`) so adaptive-depth decoding (`infer.adaptive`) can drive it.
+
+Even fused, an eager decode step is ~150 small aten calls, each paying dispatch overhead. With
+`Engine(..., compiled=True)` the whole step runs as one inductor-compiled graph (`StaticDecode`): the
+position is a tensor, so the graph is the same at every position and compiles once per engine.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from parcae_lm.config import Activation, Norm
+from parcae_lm.errors import ConfigError
 from parcae_lm.infer.kv_cache import FULL_CACHE, CacheStrategy, KVCache, KVSlot
 from parcae_lm.model import GPT, LanguageModel, Parcae
 from parcae_lm.model.layers import VE_GATE_CHANNELS, Block, rope_table
@@ -33,6 +40,13 @@ from parcae_lm.model.layers import VE_GATE_CHANNELS, Block, rope_table
 @dataclass
 class _Rope:
     cis: Tensor  # [block_size, D/2] complex64: e^{iθ(pos, pair)}
+    cos: Tensor  # [block_size, D/2] fp32: its real and imaginary parts, for the compiled decode step
+    sin: Tensor
+
+    @classmethod
+    def of(cls, cis: Tensor) -> _Rope:
+        cos, sin = torch.view_as_real(cis).unbind(-1)
+        return cls(cis, cos.contiguous(), sin.contiguous())
 
 
 class FastBlock:
@@ -58,40 +72,79 @@ class FastBlock:
         self.mlp_proj = _LinearOp.of(m.proj, scale=0.5)  # ½·relu(x)² → relu(x)² @ (½W)ᵀ
 
     def __call__(self, x: Tensor, pos: int, ve: Tensor | None, k_buf: Tensor, v_buf: Tensor) -> Tensor:
-        return self.forward(x, pos, ve, k_buf, v_buf)  # an instance attribute after `compile`
-
-    def compile(self, **kwargs) -> None:
-        self.forward = torch.compile(self.forward, **kwargs)  # type: ignore[method-assign]
-
-    def forward(self, x: Tensor, pos: int, ve: Tensor | None, k_buf: Tensor, v_buf: Tensor) -> Tensor:
         """x [B, T, d] at positions pos..pos+T; writes this block's K/V into the buffers [B, H, L, D]."""
-        B, T, d = x.shape
-        h = _rms_norm(x, self.norm_1_w, self.norm_1_eps)
-        qkv = self.qkv(h)
-        qk = qkv[..., : self.dq + self.dk].float().unflatten(-1, (self.n_head + self.n_kv, -1, 2))
-        qk = torch.view_as_real(torch.view_as_complex(qk) * self.rope.cis[pos : pos + T, None])
-        qk = qk.flatten(-2).to(x.dtype)
-        if self.qk_norm:
-            qk = F.rms_norm(qk, (self.head_size,))
-        v = qkv[..., self.dq + self.dk :].view(B, T, self.n_kv, self.head_size)
-        if ve is not None and self.gate is not None:
-            gate = torch.sigmoid(self.gate(h[..., :VE_GATE_CHANNELS])).unsqueeze(-1)
-            v = torch.addcmul(v, gate, ve.view(B, T, self.n_kv, self.head_size), value=2.0)
-        q, k = qk[:, :, : self.n_head].transpose(1, 2), qk[:, :, self.n_head :].transpose(1, 2)
+        B, T, _ = x.shape
+        cis = self.rope.cis[pos : pos + T, None]
+        q, k, v = self._qkv(x, ve, lambda qk: torch.view_as_real(torch.view_as_complex(qk) * cis))
         end = pos + T
-        k_buf[:, :, pos:end] = k
+        k_buf[:, :, pos:end] = k.transpose(1, 2)
         v_buf[:, :, pos:end] = v.transpose(1, 2)
         y = F.scaled_dot_product_attention(
-            q,
+            q.transpose(1, 2),
             k_buf[:, :, :end],
             v_buf[:, :, :end],
             attn_mask=_causal_mask(pos, T, x.device),
             enable_gqa=self.n_head != self.n_kv,
         )
-        x = self.proj.add_to(x, y.transpose(1, 2).reshape(B, T, -1))
+        return self._out(x, y.transpose(1, 2).reshape(B, T, -1))
+
+    def decode_static(
+        self, x: Tensor, index: Tensor, keys: Tensor, ve: Tensor | None, k_buf: Tensor, v_buf: Tensor
+    ) -> Tensor:
+        """One token per row, x [B, d], at the position in `index` ([1] long), with the same shapes at every
+        position: K/V go in with `index_copy_` and attention covers the whole buffer, `keys` ([L] bool,
+        True up to the position) masking the rest. No complex tensors (inductor cannot generate code for
+        them): RoPE uses the real cos/sin tables. Activations stay 2-D: a [B, 1, d] → [B, d] view inside
+        the graph gives the matmuls a zero-stride operand, which aten copies before every GEMM."""
+        cos = self.rope.cos.index_select(0, index)[:, :, None]  # [1, D/2, 1]: broadcasts over heads, pairs
+        sin = self.rope.sin.index_select(0, index)[:, :, None]
+
+        def rotate(qk: Tensor) -> Tensor:
+            # (a, b) → (a cos − b sin, b cos + a sin): the complex multiply of `__call__`, in reals.
+            swapped = torch.stack((-qk[..., 1], qk[..., 0]), dim=-1)
+            return qk * cos + swapped * sin
+
+        q, k, v = self._qkv(x, ve, rotate)  # [B, H, D]
+        k_buf.index_copy_(2, index, k[:, :, None].to(k_buf.dtype))
+        v_buf.index_copy_(2, index, v[:, :, None].to(v_buf.dtype))
+        return self._out(x, _single_query_attention(q, k_buf, v_buf, keys))
+
+    def _qkv(
+        self, x: Tensor, ve: Tensor | None, rotate: Callable[[Tensor], Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v [..., H, D] for the block input x [..., d]; `rotate` applies RoPE to the fp32 pairs
+        [..., H_q + H_kv, D/2, 2] of q and k."""
+        h = _rms_norm(x, self.norm_1_w, self.norm_1_eps)
+        qkv = self.qkv(h)
+        qk = qkv[..., : self.dq + self.dk].float().unflatten(-1, (self.n_head + self.n_kv, -1, 2))
+        qk = rotate(qk).flatten(-2).to(x.dtype)
+        if self.qk_norm:
+            qk = F.rms_norm(qk, (self.head_size,))
+        v = qkv[..., self.dq + self.dk :].unflatten(-1, (self.n_kv, self.head_size))
+        if ve is not None and self.gate is not None:
+            gate = torch.sigmoid(self.gate(h[..., :VE_GATE_CHANNELS])).unsqueeze(-1)
+            v = torch.addcmul(v, gate, ve.unflatten(-1, (self.n_kv, self.head_size)), value=2.0)
+        return qk[..., : self.n_head, :], qk[..., self.n_head :, :], v
+
+    def _out(self, x: Tensor, y: Tensor) -> Tensor:
+        """Output projection of the attention result y [..., H·D], then the MLP; both residual."""
+        x = self.proj.add_to(x, y)
         h = _rms_norm(x, self.norm_2_w, self.norm_2_eps)
         f = self.fc(h).relu_().square_()
         return self.mlp_proj.add_to(x, f)
+
+
+def _single_query_attention(q: Tensor, k: Tensor, v: Tensor, keys: Tensor) -> Tensor:
+    """softmax(q·kᵀ/√D masked to `keys`)·v → [B, H·D] for one query per head, q [B, H, D], over the
+    buffers k, v [B, H_kv, L, D] (query head h reads kv head h // (H / H_kv), as grouped-query SDPA).
+    Written as products and sums, inductor fuses it into one kernel, where SDPA would be an opaque call
+    with its own setup; measured in docs/inference.md."""
+    B, H, D = q.shape
+    n_kv = k.shape[1]
+    qg = q.view(B, n_kv, H // n_kv, 1, D)
+    scores = (qg * k[:, :, None]).sum(-1) * D**-0.5  # [B, H_kv, G, L]
+    p = torch.softmax(scores.masked_fill(~keys, float("-inf")), dim=-1)
+    return (p[..., None] * v[:, :, None]).sum(-2).view(B, H * D)
 
 
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -167,7 +220,7 @@ def _causal_mask(pos: int, T: int, device) -> Tensor | None:
 
 
 def _rope(cfg, head_size: int, device) -> _Rope:
-    return _Rope(rope_table(cfg.block_size, head_size, cfg.rope_base, cfg.rope_condense_ratio, device))
+    return _Rope.of(rope_table(cfg.block_size, head_size, cfg.rope_base, cfg.rope_condense_ratio, device))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,7 +240,11 @@ class Engine:
         num_steps: int | None = None,
         strategy: CacheStrategy = FULL_CACHE,
         cache_dtype: torch.dtype | None = None,
+        compiled: bool = False,
     ) -> None:
+        """`compiled=True` runs `step` through one torch.compile'd static-shape function (`StaticDecode`;
+        full cache and plain weights only, else ConfigError). It compiles on the first step, or when
+        `precompile()` is called; prefill and the loop pieces stay eager."""
         if model.training:
             raise ValueError("Engine runs models in eval mode; call model.eval() first")
         cfg = model.config
@@ -209,8 +266,12 @@ class Engine:
         if isinstance(model, GPT):
             self.blocks = [mk(b, main_rope) for b in tr.h]
             self.ve_tables = [_ve_table(model, i) for i in range(len(self.blocks))]
-            return
-        assert isinstance(model, Parcae)
+        else:
+            self._init_loop(model, mk, main_rope)
+        self.static = StaticDecode(self) if compiled else None
+
+    def _init_loop(self, model: Parcae, mk: Callable[[Block, _Rope], FastBlock], main_rope: _Rope) -> None:
+        cfg, tr, device = model.config, model.transformer, model.device
         core_rope = (
             main_rope if model.core_head_size == cfg.head_size else _rope(cfg, model.core_head_size, device)
         )
@@ -246,7 +307,15 @@ class Engine:
     @torch.no_grad()
     def step(self, token: Tensor) -> Tensor:
         """One new token per row ([B]); returns logits [B, V]."""
+        if self.static is not None:
+            return self.static.step(token)
         return self.logits(self.hidden(token[:, None])[:, 0])
+
+    def precompile(self) -> float:
+        """Compile the static decode step now instead of on the first `step`; returns the seconds taken."""
+        if self.static is None:
+            raise ValueError("this Engine was built without compiled=True")
+        return self.static.precompile()
 
     @torch.no_grad()
     def hidden(self, ids: Tensor) -> Tensor:
@@ -341,6 +410,127 @@ class Engine:
         return out
 
 
+# --------------------------------------------------------------------------------------------------
+class StaticDecode:
+    """The engine's whole one-token step as a single function with the same shapes at every position,
+    compiled once (torch.compile, fullgraph, static shapes): embedding → prelude → h₀ → every loop
+    iteration → coda → final norm → head.
+
+    The position is a tensor, never a Python int, so nothing in the graph depends on it: K/V are written
+    with `index_copy_` into the full-length buffers, attention covers all `max_len` keys under the mask
+    `arange(max_len) <= pos`, RoPE cos/sin and Parcae's deterministic h₀ are rows gathered by position.
+    Compiled per (engine, batch size); the default eager path handles everything else.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        unsupported = _static_unsupported(engine)
+        if unsupported:
+            raise ConfigError(f"the compiled decode step does not support {unsupported}; use compiled=False")
+        self.engine = engine
+        cache = engine.cache
+        device = engine.wte.device
+        self.key_positions = torch.arange(cache.max_len, device=device)
+        # Masked keys still get weight 0 in softmax·V, so unwritten entries must be finite (torch.empty
+        # can hold NaN): 0·NaN would poison the output.
+        for slot in cache.slots:
+            slot.k.zero_()
+            slot.v.zero_()
+        self.state_table: Tensor | None = None
+        if engine.is_parcae:
+            # h₀ for every position < max_len, exactly as the eager engine draws it (model.initial_state).
+            e = engine.wte.new_empty(1, cache.max_len, engine.config.n_embd)
+            with torch.no_grad():
+                self.state_table = engine.initial_state(1, cache.max_len, 0, e)[0]
+        # isolate_recompiles: this engine's graph lives in its own cache, so engines of other shapes in the
+        # same process neither count against its recompile limit nor add guard checks to its calls.
+        self.compiled = torch.compile(
+            self.forward,
+            fullgraph=True,
+            dynamic=False,
+            options=dict(COMPILE_OPTIONS),
+            isolate_recompiles=True,
+        )
+        self.compile_seconds: float | None = None
+
+    def step(self, token: Tensor) -> Tensor:
+        cache = self.engine.cache
+        if cache.pos + 1 > cache.max_len:
+            raise ValueError(f"KV cache overflow: {cache.pos} + 1 tokens > max_len={cache.max_len}")
+        logits = self._call(token, cache.pos)
+        cache.advance(1)
+        return logits
+
+    def precompile(self) -> float:
+        """Compile now (it otherwise happens on the first step); returns the compile time in seconds."""
+        if self.compile_seconds is None:
+            # Writes K/V at the current position (or the last one once full): the next step or prefill at
+            # that position overwrites them before anything reads them.
+            cache = self.engine.cache
+            token = torch.zeros(self.engine.batch_size, dtype=torch.long, device=self.key_positions.device)
+            self._call(token, min(cache.pos, cache.max_len - 1))
+        return self.compile_seconds
+
+    @torch.no_grad()
+    def _call(self, token: Tensor, pos: int) -> Tensor:
+        index = torch.tensor([pos], device=self.key_positions.device)
+        token = token.long().contiguous()  # a strided column (ids[:, i]) would recompile on its stride
+        if self.compile_seconds is not None:
+            return self.compiled(token, index)
+        t0 = time.perf_counter()
+        out = self.compiled(token, index)
+        self.compile_seconds = time.perf_counter() - t0
+        return out
+
+    def forward(self, token: Tensor, index: Tensor) -> Tensor:
+        """token [B] at position index ([1] long) → logits [B, V]; writes every layer's K/V at index.
+        Activations are [B, d] (see `FastBlock.decode_static`)."""
+        eng, cache = self.engine, self.engine.cache
+        keys = self.key_positions <= index
+
+        def run(blk: FastBlock, x: Tensor, table: Tensor | None, slot: KVSlot) -> Tensor:
+            return blk.decode_static(x, index, keys, _lookup(table, token), slot.k, slot.v)
+
+        x = F.embedding(token, eng.wte)
+        if not eng.is_parcae:
+            for i, blk in enumerate(eng.blocks):
+                x = run(blk, x, eng.ve_tables[i], cache.slot(i))
+            return eng.logits(eng.final_norm(x))
+        for i, blk in enumerate(eng.prelude):
+            x = run(blk, x, eng.prelude_ve[i], cache.slot(i))
+        if eng.ln_prelude is not None:
+            x = _rms_norm(x, *eng.ln_prelude)
+        h = self.state_table.index_select(0, index).expand(token.shape[0], -1)
+        u = eng.inject_input(x)
+        ves = eng.core_values(token)
+        for r in range(eng.num_steps):
+            h = eng.inject(h, u)
+            for i, blk in enumerate(eng.core):
+                slot = cache.core_slot(r, i)
+                h = blk.decode_static(h, index, keys, ves[i], slot.k, slot.v)
+        y = eng.C(h)
+        for i, blk in enumerate(eng.coda):
+            y = run(blk, y, eng.coda_ve[i], cache.coda_slot(i))
+        return eng.logits(eng.final_norm(y))
+
+
+# Inductor options for the decode step. cpp_wrapper emits the graph's call sequence as C++ instead of
+# Python: measured in docs/inference.md.
+COMPILE_OPTIONS: dict[str, object] = {"cpp_wrapper": True}
+
+
+def _static_unsupported(engine: Engine) -> str | None:
+    """Why `StaticDecode` cannot run this engine (None if it can)."""
+    if engine.cache.strategy != FULL_CACHE:
+        return f"the {engine.cache.strategy} cache strategy (only full)"
+    blocks = engine.blocks if not engine.is_parcae else [*engine.prelude, *engine.core, *engine.coda]
+    ops = [engine.head] + ([] if not engine.is_parcae else [engine.C])
+    for blk in blocks:
+        ops += [blk.qkv, blk.proj, blk.fc, blk.mlp_proj] + ([] if blk.gate is None else [blk.gate])
+    if any(op.module is not None for op in ops):
+        return "quantized or non-Linear layers (only plain weights)"
+    return None
+
+
 def _ve_table(model: LanguageModel, layer: int) -> Tensor | None:
     key = str(layer)
     return model.value_embeds[key].weight if key in model.value_embeds else None
@@ -372,10 +562,12 @@ def fast_generate(
     max_new_tokens: int,
     num_steps: int | None = None,
     strategy: CacheStrategy = FULL_CACHE,
+    compiled: bool = False,
 ) -> Tensor:
-    """Greedy continuation with the engine (the benchmark's and exporters' reference path)."""
+    """Greedy continuation with the engine (the benchmark's and exporters' reference path); `compiled`
+    runs the decode steps through `StaticDecode`."""
     B, T = input_ids.shape
-    eng = Engine(model, B, T + max_new_tokens, num_steps, strategy)
+    eng = Engine(model, B, T + max_new_tokens, num_steps, strategy, compiled=compiled)
     out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=input_ids.device)
     out[:, :T] = input_ids
     vocab = model.config.vocab_size  # never pick the embedding table's padding rows
