@@ -22,6 +22,35 @@ def model(request):
     return parcae_lm.create_model(request.param, init_strategy="scaled").eval()
 
 
+# The static decode step on the two micro models and on configurations that exercise its other branches:
+# grouped-query attention, a logit softcap, a core of another width and head size, the linear and
+# additive injections, normal and zero h₀.
+STATIC_CONFIGS = {
+    "parcae-micro": ("parcae-micro", {}),
+    "gpt-micro": ("gpt-micro", {}),
+    "parcae-gqa-linear": (
+        "parcae-micro",
+        dict(
+            num_key_value_heads=1,
+            recurrent_embedding_dimension=128,
+            recurrent_num_attention_heads=2,
+            recurrent_num_key_value_heads=1,
+            logit_softcap=30.0,
+            injection_type="linear",
+            state_init="normal",
+        ),
+    ),
+    "parcae-additive-zero": ("parcae-micro", dict(injection_type="add", state_init="zero")),
+}
+
+
+@pytest.fixture(scope="module", params=list(STATIC_CONFIGS))
+def static_model(request):
+    name, overrides = STATIC_CONFIGS[request.param]
+    torch.manual_seed(0)
+    return parcae_lm.create_model(name, init_strategy="scaled", **overrides).eval()
+
+
 @torch.no_grad()
 def test_engine_matches_forward_in_chunks_and_steps(model):
     x = torch.randint(0, 97, (3, 20))
@@ -46,9 +75,10 @@ def test_fast_generate_equals_model_generate(model):
 
 
 @torch.no_grad()
-def test_static_decode_step_matches_engine_uncompiled(model, monkeypatch):
+def test_static_decode_step_matches_engine_uncompiled(static_model, monkeypatch):
     """The static-shape step (tensor position, full-buffer masked attention, gathered RoPE and h₀) run
     eagerly: the logic the compiled path traces, checked without a C++ compiler."""
+    model = static_model
     x = torch.randint(0, 97, (3, 16))
     full = model(x)["logits"]
     eng, ref = Engine(model, 3, 16, compiled=True), Engine(model, 3, 16)
@@ -79,11 +109,12 @@ def test_static_decode_rejects_what_it_does_not_support():
 
 @pytest.mark.slow
 @torch.no_grad()
-def test_compiled_decode_matches_eager_and_forward(model):
+def test_compiled_decode_matches_eager_and_forward(static_model):
     """Inductor-compiled step: same logits as the eager engine and the uncached forward, one graph for all
     positions (no recompiles), and greedy outputs identical to the model's."""
     from torch._dynamo.utils import counters
 
+    model = static_model
     x = torch.randint(0, 97, (2, 24))
     full = model(x)["logits"]
     eng, ref = Engine(model, 2, 24, compiled=True), Engine(model, 2, 24)
@@ -117,8 +148,13 @@ def test_bench_generate_numbers(model):
     assert r.fraction_of_flop_limit == pytest.approx(
         r.decode_tokens_per_second / r.flop_limited_tokens_per_second
     )
+    assert not r.compiled and r.compile_seconds is None
     with pytest.raises(ConfigError, match="block_size"):
         bench_generate(model, prompt_len=60, new_tokens=10)
+    if model.config.is_parcae:  # (GPT rejects shared-slot strategies outright)
+        ring = CacheStrategy.parse("ring-2")
+        with pytest.raises(ConfigError, match="compiled decode step"):
+            bench_generate(model, prompt_len=8, new_tokens=4, strategy=ring, compile=True)
 
 
 def test_bench_generate_cli(tmp_path, capsys):
@@ -135,3 +171,15 @@ def test_bench_generate_cli(tmp_path, capsys):
     assert "--batch-sizes" in capsys.readouterr().err
     with pytest.raises(ConfigError):
         parse_batch_sizes("0")
+
+
+@pytest.mark.slow
+def test_bench_generate_cli_compiled(tmp_path, capsys):
+    torch.manual_seed(0)
+    parcae_lm.save_pretrained(parcae_lm.create_model("parcae-micro").eval(), tmp_path / "m")
+    out = tmp_path / "bench.json"
+    args = ["bench", "generate", str(tmp_path / "m"), "--prompt-len", "8", "--new-tokens", "4"]
+    assert main([*args, "--batch-sizes", "1", "--compile", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["compiled"] and row["compile_seconds"] > 0 and row["decode_tokens_per_second"] > 0
+    assert "decode step compiled in" in capsys.readouterr().out
