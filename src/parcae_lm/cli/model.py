@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile every block (inductor)")
     p.add_argument(
         "--plain-loss", action="store_true", help="materialise full logits instead of the chunked fused head"
     )
@@ -67,7 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--num-steps", type=int, default=None, help="test-time recurrence (default mean_recurrence)"
     )
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--compile", action="store_true")
+    p.add_argument(
+        "--compile", action="store_true", help="one static-shape compiled decode step (full cache only)"
+    )
     p.add_argument("--cache", default="full", help="KV cache strategy: full, last, first-last, ring-N")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
