@@ -98,22 +98,17 @@ def bench_training(
     autocast = (
         torch.autocast("cuda", torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
     )
-    passes = 0.0
 
     def step(i: int) -> None:
-        nonlocal passes
         model.step = i
         model.zero_grad(set_to_none=True)
         with autocast:
             # return_logits=True takes the plain head: full [tokens, vocab] fp32 logits, then cross-entropy.
             loss = model(x, labels=y, return_logits=not fused_loss)["loss"]
         loss.backward()
-        if isinstance(cfg, ParcaeConfig):
-            passes += _core_passes(model, batch_size, seq_len)
 
     for i in range(warmup):
         step(i)
-    passes = 0.0
     # This machine's matmul throughput itself drifts (shared hosts, clocks), so each timed step is paired
     # with a short peak measurement taken right after it, and MFU is the median of the per-step ratios.
     times, peaks = [], []
@@ -126,7 +121,9 @@ def bench_training(
         peaks.append(matmul_peak_flops(dev, seconds=0.25))
 
     tokens = batch_size * seq_len
-    flops_tok = [_step_flops_per_token(model, cfg, 1000 + i, batch_size, seq_len) for i in range(steps)]
+    # Per-step accounting, outside the timed region: the depths each step ran are reproducible from its seed.
+    accounts = [_step_accounting(model, cfg, 1000 + i, batch_size, seq_len) for i in range(steps)]
+    flops_tok = [f for f, _ in accounts]
     mean_flops_tok = statistics.fmean(flops_tok)
     dt = statistics.median(times)
     return TrainBenchResult(
@@ -141,32 +138,27 @@ def bench_training(
         achieved_flops=mean_flops_tok * tokens / dt,
         peak_flops=statistics.median(peaks),
         mfu=statistics.median(f * tokens / (t * p) for f, t, p in zip(flops_tok, times, peaks)),
-        core_passes_per_step=passes / steps,
+        core_passes_per_step=statistics.fmean(p for _, p in accounts),
         peak_memory_mb=peak_memory_bytes(dev) / 2**20,
     )
 
 
-def _step_flops_per_token(model, cfg: ModelConfig, step: int, batch_size: int, seq_len: int) -> float:
-    """Model FLOPs per token of one step, at the depths that step actually ran (their batch means)."""
+def _step_accounting(
+    model, cfg: ModelConfig, step: int, batch_size: int, seq_len: int
+) -> tuple[float, float]:
+    """(model FLOPs per token, core-block passes) of one step at the depths it actually ran. Passes are in
+    units of full-batch passes (Σ rows run / batch size); FLOPs use the depths' batch means."""
     if not isinstance(cfg, ParcaeConfig):
-        return training_flops(cfg, seq_len).per_token
+        return training_flops(cfg, seq_len).per_token, 0.0
     from parcae_lm.model.recurrence import sample_depths
 
     d = sample_depths(cfg, step, batch_size, seq_len, model.depth_shard, cfg.state_init_seed)
-    return training_flops(cfg, seq_len, d.n.float().mean().item(), d.k.float().mean().item()).per_token
-
-
-def _core_passes(model, batch_size: int, seq_len: int) -> float:
-    """Core-block passes this step, in units of full-batch passes (Σ rows run / batch size)."""
-    from parcae_lm.model.recurrence import sample_depths
-
-    d = sample_depths(
-        model.config, model.step, batch_size, seq_len, model.depth_shard, model.config.state_init_seed
-    )
+    flops = training_flops(cfg, seq_len, d.n.float().mean().item(), d.k.float().mean().item()).per_token
     total = d.n + d.k
-    if total.dim() == 2:
+    if total.dim() == 2:  # per-token depths: a row runs until its deepest token is done
         total = d.n.amax(1) + d.k.amax(1)
-    return float(total.float().sum() / batch_size) if total.dim() else float(total)
+    passes = float(total.float().sum() / batch_size) if total.dim() else float(total)
+    return flops, passes
 
 
 def bench_config(name: str = "parcae-tiny", **overrides) -> ParcaeConfig:
