@@ -31,6 +31,7 @@ gathers the still-active rows, so compute follows the sum of the depths actually
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from parcae_lm.errors import ConfigError
-from parcae_lm.infer.engine import Engine
+from parcae_lm.infer.engine import Engine, greedy_decode
 from parcae_lm.infer.kv_cache import FULL_CACHE, CacheStrategy
 from parcae_lm.model import LanguageModel, Parcae
 
@@ -213,13 +214,6 @@ def adaptive_generate(
             f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the context of {model.config.block_size}"
         )
     dec = AdaptiveDecoder(model, B, T + max_new_tokens, rule, strategy)
-    out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=input_ids.device)
-    out[:, :T] = input_ids
-    vocab = model.config.vocab_size  # never pick the embedding table's padding rows
-    logits = dec.prefill(input_ids)
-    for i in range(max_new_tokens):
-        token = logits[:, :vocab].argmax(-1)
-        out[:, T + i] = token
-        if i + 1 < max_new_tokens:
-            logits = dec.step(token, budget)
+    step = functools.partial(dec.step, budget=budget)
+    out = greedy_decode(dec.prefill, step, input_ids, max_new_tokens, model.config.vocab_size)
     return out, dec.stats

@@ -569,13 +569,25 @@ def fast_generate(
     runs the decode steps through `StaticDecode`."""
     B, T = input_ids.shape
     eng = Engine(model, B, T + max_new_tokens, num_steps, strategy, compiled=compiled)
+    return greedy_decode(eng.prefill, eng.step, input_ids, max_new_tokens, model.config.vocab_size)
+
+
+def greedy_decode(
+    prefill: Callable[[Tensor], Tensor],
+    step: Callable[[Tensor], Tensor],
+    input_ids: Tensor,
+    max_new_tokens: int,
+    vocab_size: int,
+) -> Tensor:
+    """ids [B, T + new]: argmax continuation driven by a decoder's `prefill(ids)` and `step(token)`, which
+    return logits [B, V]; ids ≥ vocab_size (the embedding table's padding rows) are never picked."""
+    B, T = input_ids.shape
     out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=input_ids.device)
     out[:, :T] = input_ids
-    vocab = model.config.vocab_size  # never pick the embedding table's padding rows
-    logits = eng.prefill(input_ids)
+    logits = prefill(input_ids)
     for i in range(max_new_tokens):
-        token = logits[:, :vocab].argmax(-1)
+        token = logits[:, :vocab_size].argmax(-1)
         out[:, T + i] = token
         if i + 1 < max_new_tokens:
-            logits = eng.step(token)
+            logits = step(token)
     return out
