@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import random
 import shlex
 from pathlib import Path
 
@@ -31,49 +30,16 @@ from parcae_lm.scaling.sweep import (
 )
 from parcae_lm.train.config import load_run_config
 from parcae_lm.train.trainer import _max_steps
-
-WORDS = [
-    "king",
-    "queen",
-    "lord",
-    "love",
-    "death",
-    "night",
-    "day",
-    "sword",
-    "crown",
-    "blood",
-    "heart",
-    "fair",
-    "sweet",
-    "good",
-    "noble",
-    "grace",
-]
+from verse import verse_shards
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, Path]:
-    from parcae_lm.data.shards import prepare
-    from parcae_lm.tokenizer import Tokenizer
-
-    rng = random.Random(0)
-
-    def doc() -> str:
-        return "\n".join(
-            f"{rng.choice(['ROMEO', 'JULIET', 'KING'])}:\n"
-            + " ".join(rng.choices(WORDS, k=rng.randint(4, 10)))
-            for _ in range(40)
-        )
-
     root = tmp_path_factory.mktemp("sweep-data")
-    train_docs, val_docs = [doc() for _ in range(16)], [doc() for _ in range(2)]
-    tok = Tokenizer.train(train_docs, 320)
-    tok.save(root / "tokenizer")
-    prepare(train_docs, tok, root / "shards", val_docs=val_docs, progress=False)
+    paths = verse_shards(root, train_docs=16, val_lines=40, vocab_size=320)
     # A base run config of our own, so the tests do not move when the packaged `tiny` config is retuned.
     (root / "base.yaml").write_text("model_name: parcae-micro\nmodel: {}\nmax_steps: 2\n")
-    return root / "tokenizer", root / "shards"
+    return paths
 
 
 def micro_spec(data, axes: list[dict], **overrides) -> SweepSpec:

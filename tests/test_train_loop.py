@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -23,51 +22,14 @@ from parcae_lm.train.distributed import DistInfo
 from parcae_lm.train.optim import MuonAdamW
 from parcae_lm.train.telemetry import read_metrics
 from parcae_lm.train.trainer import accumulate_gradients, train
-
-WORDS = [
-    "king",
-    "queen",
-    "lord",
-    "love",
-    "death",
-    "night",
-    "day",
-    "sword",
-    "crown",
-    "blood",
-    "heart",
-    "fair",
-    "sweet",
-    "good",
-    "noble",
-    "grace",
-    "honour",
-]
+from verse import verse_shards
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, Path]:
     """A 512-token BPE and train/val shards of synthetic verse (a few seconds to build)."""
-    from parcae_lm.data.shards import prepare
-    from parcae_lm.tokenizer import Tokenizer
-
-    rng = random.Random(0)
-
-    def doc(n_lines: int = 60) -> str:
-        lines = []
-        for _ in range(n_lines):
-            speaker = rng.choice(["ROMEO", "JULIET", "KING", "NURSE"])
-            lines.append(
-                f"{speaker}:\n" + " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + ".\n"
-            )
-        return "\n".join(lines)
-
-    train_docs, val_docs = [doc() for _ in range(24)], [doc(25)]  # a small val split keeps final evals quick
-    root = tmp_path_factory.mktemp("train-data")
-    tok = Tokenizer.train(train_docs, 512)
-    tok.save(root / "tokenizer")
-    prepare(train_docs, tok, root / "shards", val_docs=val_docs, progress=False)
-    return root / "tokenizer", root / "shards"
+    # a small val split keeps final evals quick
+    return verse_shards(tmp_path_factory.mktemp("train-data"), train_docs=24, val_lines=25, vocab_size=512)
 
 
 def make_cfg(data, out: Path, **kw) -> RunConfig:
