@@ -189,7 +189,7 @@ def test_gradients_flow_only_through_the_grad_steps():
     _unrolled_loss(model, x, truncated).backward()
     for name, p in model.named_parameters():
         if p.grad is not None or name in auto:
-            torch.testing.assert_close(auto[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
+            torch.testing.assert_close(auto[name], p.grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("layers", [(1, 1, 1), (0, 1, 0), (2, 3, 1), (1, 2, 2), (3, 1, 0)])
@@ -428,6 +428,30 @@ def test_linear_cross_entropy_chunks_agree():
     all_ignored = linear_cross_entropy(x, w, torch.full_like(y, -100), chunk=4)
     assert all_ignored.item() == 0.0
     assert torch.autograd.grad(all_ignored, x)[0].abs().max() == 0
+
+
+@pytest.mark.parametrize("softcap", [None, 15.0])
+def test_linear_cross_entropy_extreme_logits_and_softcap(softcap):
+    """Labels far below the row maximum (probability underflows to 0 in fp32) still get exact losses."""
+    from parcae_lm.model.loss import linear_cross_entropy
+
+    torch.manual_seed(0)
+    x = (20 * torch.randn(24, 8)).requires_grad_()
+    w = torch.randn(40, 8, requires_grad=True)
+    y = torch.randint(0, 40, (24,))
+    logits = x @ w.T
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    ref = torch.nn.functional.cross_entropy(logits, y)
+    gap = (logits.max(-1).values - logits.gather(1, y[:, None]).squeeze(1)).max()
+    assert softcap is not None or gap > 120  # exp(-gap) is 0 in fp32
+    for chunk in (5, None):
+        loss = linear_cross_entropy(x, w, y, chunk=chunk, softcap=softcap)
+        torch.testing.assert_close(loss, ref)
+        gx, gw = torch.autograd.grad(loss, (x, w))
+        rx, rw = torch.autograd.grad(ref, (x, w), retain_graph=True)
+        torch.testing.assert_close(gx, rx, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(gw, rw, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow
