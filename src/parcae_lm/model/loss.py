@@ -44,14 +44,18 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             if not needs_grad:
                 total += ((torch.logsumexp(logits, dim=-1) - picked) * scale).sum()
                 continue
-            # Softmax in place over the chunk's own logits (a buffer or a fresh fp32 copy): it is the
-            # gradient, and its normaliser gives the loss, with one exp pass instead of log_softmax + exp.
-            top = logits.amax(dim=-1, keepdim=True)
-            p = logits.sub_(top).exp_()
-            norm = p.sum(dim=-1, keepdim=True)
-            p.div_(norm)
-            lse = (top + norm.log()).squeeze(1)
-            total += ((lse - picked) * scale).sum()
+            # The softmax is the gradient. It is written over the chunk's own logits (a buffer or a fresh
+            # fp32 tensor; softmax kernels finish a row's reductions before writing it, so aliasing is
+            # safe): one read and one write of [rows, vocab] instead of log_softmax + exp + scale passes.
+            p = torch.ops.aten._softmax.out(logits, -1, False, out=logits)
+            nll = -p.gather(1, ys[:, None]).squeeze(1).log()
+            under = torch.isinf(nll)  # label probability below fp32's range: recompute those rows exactly
+            if under.any():
+                redo = xs[under].float() @ w.float().T
+                if softcap is not None:
+                    redo = softcap * torch.tanh(redo / softcap)
+                nll[under] = torch.logsumexp(redo, dim=-1) - picked[under]
+            total += (nll * scale).sum()
             p[torch.arange(len(ys), device=x.device), ys] -= 1.0
             if softcap is not None:
                 p *= 1.0 - t.square()
