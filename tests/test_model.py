@@ -483,3 +483,22 @@ def test_activation_checkpointing_gives_identical_gradients():
         grads.append({n: p.grad for n, p in model.named_parameters()})
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7, msg=n)
+
+
+def test_linear_cross_entropy_bf16_matches_fp32():
+    """Low-precision inputs (the GPU autocast path) accumulate the loss and weight gradient in fp32."""
+    from parcae_lm.model.loss import linear_cross_entropy
+
+    torch.manual_seed(0)
+    x = torch.randn(37, 16).bfloat16().requires_grad_()
+    w = torch.randn(50, 16).bfloat16().requires_grad_()
+    y = torch.randint(0, 50, (37,))
+    loss = linear_cross_entropy(x, w, y, chunk=8)
+    gx, gw = torch.autograd.grad(loss, (x, w))
+    assert gx.dtype == gw.dtype == torch.bfloat16
+    xf, wf = x.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+    ref = torch.nn.functional.cross_entropy(xf @ wf.T, y)
+    rx, rw = torch.autograd.grad(ref, (xf, wf))
+    torch.testing.assert_close(loss, ref, rtol=1e-3, atol=1e-2)
+    torch.testing.assert_close(gx.float(), rx, rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(gw.float(), rw, rtol=2e-2, atol=2e-3)

@@ -31,8 +31,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         logits_buf = torch.empty(rows, w.shape[0], dtype=x.dtype, device=x.device)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         grad_x = torch.empty_like(x) if needs_grad else None
-        # fp32 accumulates the weight gradient in place across chunks; lower precisions sum in fp32.
-        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=x.device) if needs_grad else None
+        # The weight gradient accumulates in fp32 across chunks: the first chunk writes it, the rest add
+        # in place (fp32 inputs straight into the matmul, lower precisions through an fp32 copy).
+        grad_w = torch.empty(w.shape, dtype=torch.float32, device=x.device) if needs_grad else None
         for start in range(0, x.shape[0], chunk):
             xs, ys = x[start : start + chunk], safe[start : start + chunk]
             scale = row_scale[start : start + chunk]
@@ -64,10 +65,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             gx = torch.mm(g, w, out=grad_x[start : start + chunk])
             gx *= scale[:, None].to(x.dtype)
             xs_scaled = xs * scale[:, None].to(x.dtype)
-            if g.dtype == grad_w.dtype:
-                grad_w.addmm_(g.T, xs_scaled)
+            if g.dtype != grad_w.dtype:
+                part = (g.T @ xs_scaled).float()
+                grad_w.copy_(part) if start == 0 else grad_w.add_(part)
+            elif start == 0:
+                torch.mm(g.T, xs_scaled, out=grad_w)
             else:
-                grad_w += (g.T @ xs_scaled).float()
+                grad_w.addmm_(g.T, xs_scaled)
         if needs_grad:
             ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
         return total
