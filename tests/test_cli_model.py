@@ -57,6 +57,16 @@ def test_generate_streams_and_is_reproducible(run_dir, capsys):
     assert out.count("--- sample") == 2
 
 
+@pytest.mark.slow
+def test_generate_compiled_equals_eager(run_dir, capsys):
+    """`--compile` decodes through the static compiled step: the same greedy text as the eager path."""
+    args = ["generate", str(run_dir), "ROMEO:", "--max-new-tokens", "12", "--temperature", "0"]
+    assert main(args) == 0
+    eager = capsys.readouterr().out
+    assert main([*args, "--compile"]) == 0
+    assert capsys.readouterr().out == eager
+
+
 def test_generate_errors_are_clear(run_dir, tmp_path, capsys):
     assert main(["generate", str(run_dir), "x" * 10, "--max-new-tokens", "500"]) == 1
     assert "exceeds the model's context" in capsys.readouterr().err

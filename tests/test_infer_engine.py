@@ -129,6 +129,9 @@ def test_compiled_decode_matches_eager_and_forward(static_model):
     assert counters["stats"]["unique_graphs"] == graphs
     y = torch.randint(0, 97, (2, 5))
     assert torch.equal(fast_generate(model, y, 12, compiled=True), model.generate(y, 12, temperature=0))
+    assert torch.equal(
+        model.generate(y, 12, temperature=0, compiled=True), model.generate(y, 12, temperature=0)
+    )
 
 
 def test_engine_rejects_training_mode():

@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default MODEL/tokenizer)")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="decode through one static-shape compiled step (full cache only)",
+    )
     p.set_defaults(func=cmd_generate, token_by_token=True)
 
     bench = sub.add_parser("bench", help="throughput benchmarks").add_subparsers(dest="bench", metavar="WHAT")
@@ -194,6 +199,7 @@ def cmd_generate(args) -> int:
         generator=g,
         eos_id=tok.eos_id,
         on_token=on_token if stream else None,
+        compiled=args.compile,
     )
     if stream:
         sys.stdout.write("\n")
