@@ -502,3 +502,38 @@ def test_linear_cross_entropy_bf16_matches_fp32():
     torch.testing.assert_close(loss, ref, rtol=1e-3, atol=1e-2)
     torch.testing.assert_close(gx.float(), rx, rtol=2e-2, atol=2e-3)
     torch.testing.assert_close(gw.float(), rw, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_cover_every_call_variant():
+    """Training, no-grad evaluation, masked attention and cached generation all run compiled: together
+    they exceed dynamo's default of 8 variants per code object, which would silently fall back to eager."""
+    import logging
+
+    warnings_seen: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warnings_seen.append(record.getMessage())
+
+    handler = Catch(level=logging.WARNING)
+    logging.getLogger("torch._dynamo").addHandler(handler)
+    try:
+        model = micro(init_strategy="scaled", recurrent_iteration_method="per-sequence").train()
+        model.compile_blocks()
+        x = torch.randint(0, 97, (4, 12))
+        for step in range(2):
+            model.step = step
+            model(x, labels=x)["loss"].backward()
+        model.eval()
+        mask = torch.ones_like(x)
+        mask[0, :3] = 0
+        with torch.no_grad():
+            model(x)
+            model(x[:3])
+            model(x, attention_mask=mask)
+        for batch in (1, 2):
+            model.generate(x[:batch, :4], 3, temperature=0)
+    finally:
+        logging.getLogger("torch._dynamo").removeHandler(handler)
+    assert not [w for w in warnings_seen if "recompile_limit" in w], warnings_seen

@@ -125,6 +125,10 @@ class LanguageModel(nn.Module):
         benchmark model; compiling takes longer)."""
         if self.device.type == "cpu" and not {"mode", "options"} & kwargs.keys():
             kwargs["options"] = {"cpp_wrapper": True}
+        # All blocks share Block.forward's code object, whose variants multiply (value embedding or not ×
+        # grad mode × mask or not × KV cache or not × static/dynamic batch): dynamo's default of 8 per code
+        # object sends the rest back to eager mid-run (a training run with evaluation and sampling hits it).
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         for module in self.modules():
             if isinstance(module, Block):
                 module.compile(**kwargs)
