@@ -2,9 +2,10 @@
 
 Rows are processed in chunks: each chunk's logits are computed, turned into its loss and — when
 gradients are needed — straight into the gradients of the hidden states and the head weight, then
-dropped. Peak memory is chunk × vocab instead of tokens × vocab and the FLOPs are the same as the plain
-path (no recomputation); the softmax is computed in place in the chunk's logits buffer. The gradients already carry the 1/(labelled tokens) of the mean, so for the
-usual `loss.backward()` (upstream gradient exactly 1) the backward pass has nothing left to do.
+dropped. Peak memory is chunk × vocab instead of tokens × vocab (the softmax overwrites the chunk's
+logits) and the FLOPs are the same as the plain path (no recomputation). The gradients already carry the
+1/(labelled tokens) of the mean, so for the usual `loss.backward()` (upstream gradient exactly 1) the
+backward pass has nothing left to do.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             p = torch.ops.aten._softmax.out(logits, -1, False, out=logits)
             nll = -p.gather(1, ys[:, None]).squeeze(1).log()
             under = torch.isinf(nll)  # label probability below fp32's range: recompute those rows exactly
-            if under.any():
+            if under.any():  # (a host sync per chunk on accelerators; the loss stays exact)
                 redo = xs[under].float() @ w.float().T
                 if softcap is not None:
                     redo = softcap * torch.tanh(redo / softcap)
