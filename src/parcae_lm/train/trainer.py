@@ -515,6 +515,25 @@ class _Run:
     eval_bs: int
 
 
+@dataclass
+class _Window:
+    """Training steps since the last log record: summed loss (on device), steps, tokens, start time."""
+
+    loss: torch.Tensor
+    steps: int = 0
+    tokens: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+
+    def add(self, step_loss: torch.Tensor, tokens: int) -> None:
+        self.loss += step_loss
+        self.steps += 1
+        self.tokens += tokens
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.steps, self.tokens, self.t0 = 0, 0, time.perf_counter()
+
+
 def _loop(run: _Run, state: TrainerState, budget: Budget, grad_accum: int) -> None:
     cfg, model, raw, optimizer, loader, info = (
         run.cfg,
@@ -525,7 +544,7 @@ def _loop(run: _Run, state: TrainerState, budget: Budget, grad_accum: int) -> No
         run.info,
     )
     metrics, ckpt_dir, shard_dir, token_bytes = run.metrics, run.ckpt_dir, run.shard_dir, run.token_bytes
-    depths, compat, fpt, peak, eval_bs = run.depths, run.compat, run.fpt, run.peak, run.eval_bs
+    depths, compat, eval_bs = run.depths, run.compat, run.eval_bs
     from tqdm.auto import tqdm
 
     device = info.device
@@ -544,8 +563,7 @@ def _loop(run: _Run, state: TrainerState, budget: Budget, grad_accum: int) -> No
                 dynamic_ncols=True,
                 bar_format="{l_bar}{bar}| {n:.0f}/{total}s [{elapsed}<{remaining}{postfix}]",
             )
-    window_loss = torch.zeros((), device=device)
-    window_steps, window_tokens, window_t = 0, 0, time.perf_counter()
+    window = _Window(torch.zeros((), device=device))
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     last_step_s = 0.0
 
@@ -578,9 +596,7 @@ def _loop(run: _Run, state: TrainerState, budget: Budget, grad_accum: int) -> No
         optimizer.zero_grad()
         state.step += 1
         state.tokens += cfg.tokens_per_step
-        window_loss += step_loss
-        window_steps += 1
-        window_tokens += cfg.tokens_per_step
+        window.add(step_loss, cfg.tokens_per_step)
         t_step_end = time.perf_counter()
         last_step_s = t_step_end - t0
         state.train_elapsed += last_step_s
@@ -593,20 +609,7 @@ def _loop(run: _Run, state: TrainerState, budget: Budget, grad_accum: int) -> No
         finished = budget.done(state.step, state.train_elapsed, last_step_s)
         if state.step % cfg.log_interval == 0 or finished:
             check_finite("training")
-            record = _train_record(
-                state,
-                window_loss,
-                window_steps,
-                window_tokens,
-                window_t,
-                grad_norm,
-                optimizer,
-                raw,
-                fpt,
-                peak,
-                info,
-                progress,
-            )
+            record = _train_record(run, state, window, grad_norm, progress)
             if metrics is not None:
                 metrics.log(record)
             if bar is not None:
@@ -616,8 +619,7 @@ def _loop(run: _Run, state: TrainerState, budget: Budget, grad_accum: int) -> No
                     tok_s=f"{record['tok_per_s']:.0f}",
                     refresh=False,
                 )
-            window_loss.zero_()
-            window_steps, window_tokens, window_t = 0, 0, time.perf_counter()
+            window.reset()
         if (state.step % cfg.eval_interval == 0) and not finished:
             check_finite("evaluation")
             t_eval = time.perf_counter()
@@ -635,7 +637,7 @@ def _loop(run: _Run, state: TrainerState, budget: Budget, grad_accum: int) -> No
                 metrics.log(
                     {"kind": "val", "step": state.step, **val, "eval_s": time.perf_counter() - t_eval}
                 )
-            window_t += time.perf_counter() - t_eval  # keep throughput about training only
+            window.t0 += time.perf_counter() - t_eval  # keep throughput about training only
         if state.step % cfg.save_interval == 0 or finished:
             # The update itself could have produced non-finite weights: never persist those.
             local = [
@@ -710,24 +712,14 @@ def _clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor
 
 
 def _train_record(
-    state,
-    window_loss,
-    window_steps,
-    window_tokens,
-    window_t,
-    grad_norm,
-    optimizer,
-    raw,
-    fpt,
-    peak,
-    info,
-    progress,
+    run: _Run, state: TrainerState, window: _Window, grad_norm: torch.Tensor, progress: float
 ) -> dict[str, Any]:
-    stats = torch.stack([window_loss / max(window_steps, 1), grad_norm.float()]).float()
+    optimizer, raw, info = run.optimizer, run.raw, run.info
+    stats = torch.stack([window.loss / max(window.steps, 1), grad_norm.float()]).float()
     all_reduce_sum(stats)
     stats /= info.world_size
-    elapsed = max(time.perf_counter() - window_t, 1e-9)
-    tok_s = window_tokens / elapsed
+    elapsed = max(time.perf_counter() - window.t0, 1e-9)
+    tok_s = window.tokens / elapsed
     record: dict[str, Any] = {
         "kind": "train",
         "step": state.step,
@@ -735,7 +727,7 @@ def _train_record(
         "loss": stats[0].item(),
         "grad_norm": stats[1].item(),
         "tok_per_s": tok_s,
-        "mfu": tok_s * fpt / (peak * info.world_size),
+        "mfu": tok_s * run.fpt / (run.peak * info.world_size),
         "progress": progress,
         "train_s": state.train_elapsed,
         **optimizer.lrs,
