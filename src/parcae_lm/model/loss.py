@@ -53,7 +53,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             nll = -p.gather(1, ys[:, None]).squeeze(1).log()
             under = torch.isinf(nll)  # label probability below fp32's range: recompute those rows exactly
             if under.any():  # (a host sync per chunk on accelerators; the loss stays exact)
-                redo = xs[under].float() @ w.float().T
+                with torch.autocast(x.device.type, enabled=False):  # fp32 even inside a bf16 region
+                    redo = xs[under].float() @ w.float().T
                 if softcap is not None:
                     redo = softcap * torch.tanh(redo / softcap)
                 nll[under] = torch.logsumexp(redo, dim=-1) - picked[under]
