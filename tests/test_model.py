@@ -537,3 +537,22 @@ def test_compiled_blocks_cover_every_call_variant():
     finally:
         logging.getLogger("torch._dynamo").removeHandler(handler)
     assert not [w for w in warnings_seen if "recompile_limit" in w], warnings_seen
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_relu2_mlp_scales_after_the_projection_exactly(bias):
+    """The MLP applies ReLU2's ½ after the down-projection; the output and gradients are bit-identical."""
+    from parcae_lm.config import Activation
+    from parcae_lm.model.layers import MLP, activation
+
+    torch.manual_seed(0)
+    mlp = MLP(16, 64, bias, Activation.RELU2)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    out = mlp(x)
+    ref = mlp.proj(activation(Activation.RELU2, mlp.fc(x)))
+    assert torch.equal(out, ref)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, mlp.fc.weight, mlp.proj.weight), g)
+    want = torch.autograd.grad(ref, (x, mlp.fc.weight, mlp.proj.weight), g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

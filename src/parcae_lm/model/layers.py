@@ -147,7 +147,12 @@ class MLP(nn.Module):
         self.proj = nn.Linear(hidden, d, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(activation(self.act, self.fc(x)))
+        h = self.fc(x)
+        if self.act == Activation.RELU2 and self.proj.bias is None:
+            # ½·relu(h)² with the ½ applied after the down-projection: exactly equal (a power of two) and
+            # on a tensor hidden/d times smaller, forward and backward.
+            return self.proj(F.relu(h).square()) * 0.5
+        return self.proj(activation(self.act, h))
 
 
 class Block(nn.Module):
