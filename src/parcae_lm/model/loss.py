@@ -28,8 +28,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         safe = torch.where(valid, labels, 0)
         inv_count = 1.0 / valid.sum().clamp_min(1).float()
         row_scale = valid * inv_count  # mean over labelled rows, 0 for ignored ones
-        rows = min(chunk, x.shape[0])
-        logits_buf = torch.empty(rows, w.shape[0], dtype=x.dtype, device=x.device)
+        logits_buf = torch.empty(min(chunk, x.shape[0]), w.shape[0], dtype=x.dtype, device=x.device)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         grad_x = torch.empty_like(x) if needs_grad else None
         # The weight gradient accumulates in fp32 across chunks: the first chunk writes it, the rest add
@@ -64,9 +63,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 p *= 1.0 - t.square()
             g = p.to(x.dtype)
             # The per-row 1/count goes on the narrow operands ([rows, d]) instead of the [rows, vocab] g.
-            gx = torch.mm(g, w, out=grad_x[start : start + chunk])
-            gx *= scale[:, None].to(x.dtype)
-            xs_scaled = xs * scale[:, None].to(x.dtype)
+            row = scale[:, None].to(x.dtype)
+            torch.mm(g, w, out=grad_x[start : start + chunk]).mul_(row)
+            xs_scaled = xs * row
             if g.dtype != grad_w.dtype:
                 part = (g.T @ xs_scaled).float()
                 grad_w.copy_(part) if start == 0 else grad_w.add_(part)
