@@ -9,15 +9,15 @@ import torch
 
 import parcae_lm
 from parcae_lm.config import (
-    ConfigError,
     IterationMethod,
     ParcaeConfig,
     SamplingScheme,
     create_config,
     from_dict,
 )
+from parcae_lm.errors import ConfigError
 from parcae_lm.model import Parcae
-from parcae_lm.model.recurrence import DepthShard, expected_depths, sample_depths
+from parcae_lm.model.recurrence import DepthShard, TrainDraw, expected_depths, sample_depths
 
 # (name, unique params, state-dict keys in the reference incl. freqs_cis) — reference-model.md §3.2
 PAPER_CONFIGS = [
@@ -214,7 +214,7 @@ def test_every_parameter_gets_a_gradient(layers, model_name):
     assert not dead, dead
 
 
-def _unrolled_loss(model: Parcae, x, loop):
+def _unrolled_loss(model: Parcae, x, loop, draw=TrainDraw()):
     """The forward pass written out by hand around a custom `loop(h, u, ves, ctx) -> h`."""
     tr, cfg = model.transformer, model.config
     ctx = model.attn_context(cfg.head_size, x.shape[1], x.device)
@@ -224,14 +224,14 @@ def _unrolled_loss(model: Parcae, x, loop):
     e = tr.ln_prelude(e)
     n_p, n_c = cfg.n_layers_in_prelude, cfg.n_layers_in_recurrent_block
     ves = [model._value_embedding(n_p + i, x) for i in range(n_c)]
-    h = loop(model.initial_state(x.shape[0], x.shape[1], 0, None, e), tr.adapter.prepare(e), ves, ctx)
+    h = loop(model.initial_state(x.shape[0], x.shape[1], 0, None, e, draw), tr.adapter.prepare(e), ves, ctx)
     y = tr.C(h)
     for i, b in enumerate(tr.coda):
         y = b(y, ctx, model._value_embedding(n_p + n_c + i, x))
     return model.head(tr.ln_f(y), x, False)["loss"]
 
 
-def _masked_reference_recurrence(model: Parcae, x, depths):
+def _masked_reference_recurrence(model: Parcae, x, depths, draw):
     """The reference's execution: every row runs max(n) then max(k) iterations, masked with torch.where."""
 
     def masked(h, u, ves, ctx):
@@ -242,21 +242,20 @@ def _masked_reference_recurrence(model: Parcae, x, depths):
                     h = torch.where(active, model.core_step(h, u, ves, ctx), h)
         return h
 
-    return _unrolled_loss(model, x, masked)
+    return _unrolled_loss(model, x, masked, draw)
 
 
 @pytest.mark.parametrize("method", [IterationMethod.PER_SEQUENCE, IterationMethod.PER_TOKEN])
 def test_ragged_depth_execution_equals_masked_reference(method):
     model = micro(init_strategy="scaled", recurrent_iteration_method=method, mean_recurrence=4).train()
     x = torch.randint(0, 97, (6, 10))
-    model.step = 3
     depths = sample_depths(model.config, 3, 6, 10)
     assert len(set(depths.total.view(6, -1).amax(1).tolist())) > 1  # rows really differ
-    loss = model(x, labels=x)["loss"]
+    loss = model(x, labels=x, draw=TrainDraw(step=3))["loss"]
     loss.backward()
     ours = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
-    ref = _masked_reference_recurrence(model, x, depths)
+    ref = _masked_reference_recurrence(model, x, depths, TrainDraw(step=3))
     ref.backward()
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
     for n, p in model.named_parameters():
@@ -346,11 +345,10 @@ def test_zoh_discretisation_formula():
 
 def test_state_diagnostics_and_trace():
     model = micro().train()
-    model.track_diagnostics = True
     x = torch.randint(0, 97, (3, 10))
-    model(x, labels=x)
-    d = model.diagnostics()
+    d = model(x, labels=x, diagnostics=True)
     assert d["state_norm"] > 0 and d["rel_residual"] >= 0
+    assert "state_norm" not in model(x, labels=x)
     trace = model.eval().recurrence_trace(x, num_steps=5)
     assert len(trace) == 5 and all(t["state_norm"] > 0 for t in trace)
 
@@ -358,11 +356,9 @@ def test_state_diagnostics_and_trace():
 def test_training_state_noise_is_seeded_by_step():
     model = micro().train()
     x = torch.randint(0, 97, (2, 8))
-    model.step = 5
-    a = model(x, labels=x)["loss"]
-    b = model(x, labels=x)["loss"]
-    model.step = 6
-    c = model(x, labels=x)["loss"]
+    a = model(x, labels=x, draw=TrainDraw(step=5))["loss"]
+    b = model(x, labels=x, draw=TrainDraw(step=5))["loss"]
+    c = model(x, labels=x, draw=TrainDraw(step=6))["loss"]
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -463,8 +459,7 @@ def test_compiled_blocks_match_eager():
     compiled.compile_blocks()
     out = []
     for model in (eager, compiled):
-        model.step = 3
-        loss = model(x, labels=x)["loss"]
+        loss = model(x, labels=x, draw=TrainDraw(step=3))["loss"]
         loss.backward()
         out.append((loss, {n: p.grad for n, p in model.named_parameters()}))
     torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-5, atol=1e-6)
@@ -472,14 +467,16 @@ def test_compiled_blocks_match_eager():
         torch.testing.assert_close(out[1][1][n], g, rtol=1e-4, atol=1e-6, msg=n)
 
 
-def test_activation_checkpointing_gives_identical_gradients():
+@pytest.mark.parametrize("name", ["parcae-micro", "gpt-micro"])
+def test_activation_checkpointing_gives_identical_gradients(name):
     x = torch.randint(0, 97, (4, 10))
     grads = []
+    extra = {"recurrent_iteration_method": "per-sequence"} if name.startswith("parcae") else {}
     for ckpt in (False, True):
-        model = micro(init_strategy="scaled", recurrent_iteration_method="per-sequence").train()
-        model.gradient_checkpointing = ckpt
-        model.step = 2
-        model(x, labels=x)["loss"].backward()
+        torch.manual_seed(0)
+        model = parcae_lm.create_model(name, init_strategy="scaled", **extra).train()
+        model.activation_checkpointing = ckpt
+        model(x, labels=x, draw=TrainDraw(step=2))["loss"].backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7, msg=n)

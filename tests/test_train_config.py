@@ -7,6 +7,7 @@ import torch
 
 from parcae_lm.config import ParcaeConfig, create_config
 from parcae_lm.errors import ConfigError
+from parcae_lm.model import build_model
 from parcae_lm.train.config import (
     Precision,
     RunConfig,
@@ -126,7 +127,7 @@ def test_batch_and_budget_validation():
 
 @pytest.mark.parametrize("name", ["parcae-micro", "gpt-micro"])
 def test_every_parameter_in_exactly_one_optimizer_group(name):
-    model = create_config(name).construct_model()
+    model = build_model(create_config(name))
     split = split_parameters(model)
     muon = {n for n, _ in split.muon}
     adamw = {n for n, _ in split.adamw}
@@ -165,7 +166,7 @@ def test_schedule_shapes():
 
 
 def test_set_schedule_scales_both_optimizers():
-    model = create_config("parcae-micro").construct_model()
+    model = build_model(create_config("parcae-micro"))
     opt = MuonAdamW(model, RunConfig(max_steps=1, muon_lr=0.02, adam_lr=0.004))
     opt.set_schedule(0.5, 0.9, 0.1)
     assert opt.lrs == {"adam_lr": 0.002, "muon_lr": 0.01}

@@ -3,7 +3,7 @@
 import parcae_lm
 model = parcae_lm.create_model("parcae-tiny")                 # or "parcae-small-140m" / "parcae-140m", ...
 config = parcae_lm.create_config("parcae-small-140m", mean_recurrence=16)
-model = config.construct_model()
+model = parcae_lm.build_model(config)
 out = model(input_ids, labels=labels)                          # {"loss", "logits", "log_ppl"}
 parcae_lm.save_pretrained(model, "out/")                       # config.json + model.safetensors
 model = parcae_lm.from_pretrained("out/")                      # ours, the authors' layout, or a hub id
@@ -28,12 +28,13 @@ _EXPORTS = {
     "GPT": "parcae_lm.model",
     "LanguageModel": "parcae_lm.model",
     "Parcae": "parcae_lm.model",
+    "build_model": "parcae_lm.model",
 }
 
 if TYPE_CHECKING:
     from parcae_lm.checkpoint import from_pretrained, save_pretrained
     from parcae_lm.config import GPTConfig, ModelConfig, ParcaeConfig, config_names, create_config
-    from parcae_lm.model import GPT, LanguageModel, Parcae
+    from parcae_lm.model import GPT, LanguageModel, Parcae, build_model
 
 
 def __getattr__(name: str):
@@ -46,7 +47,9 @@ def create_model(name: str, **overrides) -> LanguageModel:
     """Build a freshly initialised model from a named config with field overrides."""
     from parcae_lm.config import create_config
 
-    return create_config(name, **overrides).construct_model()
+    from parcae_lm.model import build_model
+
+    return build_model(create_config(name, **overrides))
 
 
 __all__ = [
@@ -56,6 +59,7 @@ __all__ = [
     "ModelConfig",
     "Parcae",
     "ParcaeConfig",
+    "build_model",
     "config_names",
     "create_config",
     "create_model",

@@ -17,6 +17,7 @@ import torch
 from parcae_lm.config import ModelConfig, ParcaeConfig, SamplingScheme
 from parcae_lm.flops import training_flops
 from parcae_lm.model import build_model
+from parcae_lm.model.recurrence import TrainDraw, sample_depths
 from parcae_lm.runtime import keep_freed_memory
 
 
@@ -89,8 +90,7 @@ def bench_training(
         keep_freed_memory()
     torch.manual_seed(0)
     model = build_model(cfg).to(dev).train()
-    if isinstance(cfg, ParcaeConfig):
-        model.gradient_checkpointing = activation_checkpointing
+    model.activation_checkpointing = activation_checkpointing
     if compile:
         model.compile_blocks()  # per block: the loop's depth and active rows vary, the blocks don't
     x = torch.randint(0, cfg.vocab_size, (batch_size, seq_len), device=dev)
@@ -100,11 +100,10 @@ def bench_training(
     )
 
     def step(i: int) -> None:
-        model.step = i
         model.zero_grad(set_to_none=True)
         with autocast:
             # return_logits=True takes the plain head: full [tokens, vocab] fp32 logits, then cross-entropy.
-            loss = model(x, labels=y, return_logits=not fused_loss)["loss"]
+            loss = model(x, labels=y, return_logits=not fused_loss, draw=TrainDraw(step=i))["loss"]
         loss.backward()
 
     for i in range(warmup):
@@ -122,7 +121,7 @@ def bench_training(
 
     tokens = batch_size * seq_len
     # Per-step accounting, outside the timed region: the depths each step ran are reproducible from its seed.
-    accounts = [_step_accounting(model, cfg, 1000 + i, batch_size, seq_len) for i in range(steps)]
+    accounts = [_step_accounting(cfg, 1000 + i, batch_size, seq_len) for i in range(steps)]
     flops_tok = [f for f, _ in accounts]
     mean_flops_tok = statistics.fmean(flops_tok)
     dt = statistics.median(times)
@@ -143,16 +142,12 @@ def bench_training(
     )
 
 
-def _step_accounting(
-    model, cfg: ModelConfig, step: int, batch_size: int, seq_len: int
-) -> tuple[float, float]:
+def _step_accounting(cfg: ModelConfig, step: int, batch_size: int, seq_len: int) -> tuple[float, float]:
     """(model FLOPs per token, core-block passes) of one step at the depths it actually ran. Passes are in
     units of full-batch passes (Σ rows run / batch size); FLOPs use the depths' batch means."""
     if not isinstance(cfg, ParcaeConfig):
         return training_flops(cfg, seq_len).per_token, 0.0
-    from parcae_lm.model.recurrence import sample_depths
-
-    d = sample_depths(cfg, step, batch_size, seq_len, model.depth_shard, cfg.state_init_seed)
+    d = sample_depths(cfg, step, batch_size, seq_len, seed=cfg.state_init_seed)
     flops = training_flops(cfg, seq_len, d.n.float().mean().item(), d.k.float().mean().item()).per_token
     total = d.n + d.k
     if total.dim() == 2:  # per-token depths: a row runs until its deepest token is done

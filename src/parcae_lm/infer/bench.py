@@ -18,7 +18,7 @@ from parcae_lm.errors import ConfigError
 from parcae_lm.flops import inference_flops
 from parcae_lm.infer.engine import Engine
 from parcae_lm.infer.kv_cache import FULL_CACHE, CacheStrategy, KVCache
-from parcae_lm.model import LanguageModel
+from parcae_lm.model import LanguageModel, build_model
 
 
 @dataclass
@@ -172,7 +172,7 @@ def load_model_or_default(path: str | None, device: str = "cpu") -> tuple[Langua
 
     torch.manual_seed(0)
     cfg = bench_config(block_size=512)
-    return cfg.construct_model().to(device).eval(), f"{cfg.name} (random init, bench config)"
+    return build_model(cfg).to(device).eval(), f"{cfg.name} (random init, bench config)"
 
 
 def parse_batch_sizes(text: str) -> list[int]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from parcae_lm.config import GPTConfig
 from parcae_lm.model.layers import Block, embedding, has_value_embedding, init_block, make_norm
 from parcae_lm.model.lm import LanguageModel
+from parcae_lm.model.recurrence import TrainDraw
 
 
 class GPT(LanguageModel):
@@ -53,9 +56,11 @@ class GPT(LanguageModel):
         position_ids: Tensor | None = None,
         kv_cache=None,
         num_steps=None,
+        draw: TrainDraw | None = None,
+        diagnostics: bool = False,
     ) -> dict[str, Tensor | None]:
-        """Returns {"loss", "logits", "log_ppl"}. `num_steps` is accepted (and must be None) so code can
-        call Parcae and GPT alike."""
+        """Returns {"loss", "logits", "log_ppl"}. `num_steps`, `draw` and `diagnostics` are accepted so code
+        can call Parcae and GPT alike: GPT has no loop, so num_steps must be None and the others do nothing."""
         if num_steps is not None:
             raise ValueError("GPT has no recurrence: num_steps must be None")
         B, T = input_ids.shape
@@ -67,7 +72,11 @@ class GPT(LanguageModel):
         x = self.transformer.wte(input_ids)
         for i, block in enumerate(self.transformer.h):
             ve = self.value_embeds[str(i)](input_ids) if str(i) in self.value_embeds else None
-            x = block(x, ctx, ve, None if kv_cache is None else kv_cache.slot(i))
+            slot = None if kv_cache is None else kv_cache.slot(i)
+            if self.activation_checkpointing and torch.is_grad_enabled() and slot is None:
+                x = checkpoint(block, x, ctx, ve, use_reentrant=False)
+            else:
+                x = block(x, ctx, ve, slot)
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.head(self.transformer.ln_f(x), labels, return_logits)

@@ -18,6 +18,9 @@ class LanguageModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        # Recompute activations in backward instead of storing them (Parcae: each grad-carrying iteration;
+        # GPT: each block). Saves memory at the cost of a second forward through them.
+        self.activation_checkpointing = False
         self._rope_cache: dict[tuple, Tensor] = {}
 
     # -- inputs -----------------------------------------------------------------------------------
@@ -132,6 +135,10 @@ class LanguageModel(nn.Module):
         for module in self.modules():
             if isinstance(module, Block):
                 module.compile(**kwargs)
+
+    def diagnostics(self) -> dict[str, float]:
+        """Loop diagnostics (the spectral radius of Parcae's state matrix); none for a model without a loop."""
+        return {}
 
     @property
     def device(self) -> torch.device:

@@ -34,7 +34,7 @@ from parcae_lm.model.layers import (
     make_norm,
 )
 from parcae_lm.model.lm import LanguageModel
-from parcae_lm.model.recurrence import Depths, DepthShard, mix_seed, sample_depths
+from parcae_lm.model.recurrence import Depths, TrainDraw, mix_seed, sample_depths
 
 
 class Parcae(LanguageModel):
@@ -82,11 +82,6 @@ class Parcae(LanguageModel):
         self.lm_head = nn.Linear(d, V, bias=False)
         self.tie_weights()
 
-        self.step = 0  # training step: seeds depth sampling and the initial state
-        self.depth_shard = DepthShard()  # this forward's slice of the global batch (DDP / accumulation)
-        self.track_diagnostics = False
-        self.gradient_checkpointing = False  # recompute each grad iteration in backward (saves memory)
-        self._diagnostics: dict[str, Tensor] = {}
         self._state_tables: dict[tuple, Tensor] = {}
         self.reset_parameters()
 
@@ -116,6 +111,8 @@ class Parcae(LanguageModel):
         position_ids: Tensor | None = None,
         kv_cache=None,
         num_steps_pair: Sequence[int] | Tensor | None = None,
+        draw: TrainDraw | None = None,
+        diagnostics: bool = False,
     ) -> dict[str, Tensor | None]:
         """Returns {"loss", "logits", "log_ppl"} like the reference.
 
@@ -125,7 +122,11 @@ class Parcae(LanguageModel):
         doc_ids: [B, T] document index per token; attention never crosses documents.
         attention_mask: [B, T], 0 for padding tokens (they are never attended to).
         kv_cache: an `infer.kv_cache.KVCache` for incremental decoding (eval, fixed depth).
+        draw: the training step and batch slice that seed sampled depths and h₀ (training mode only;
+            default step 0, the whole batch).
+        diagnostics: also return "state_norm" (mean ‖h_T‖) and "rel_residual" (‖h_T − h_{T−1}‖/‖h_T‖).
         """
+        stats: dict[str, Tensor] | None = {} if diagnostics else None
         y = self.hidden_states(
             input_ids,
             num_steps if num_steps_pair is None else _pair(num_steps_pair),
@@ -133,8 +134,13 @@ class Parcae(LanguageModel):
             attention_mask,
             position_ids,
             kv_cache,
+            draw or TrainDraw(),
+            stats,
         )
-        return self.head(y, labels, return_logits)
+        out = self.head(y, labels, return_logits)
+        if stats is not None:
+            out.update(stats)
+        return out
 
     def hidden_states(
         self,
@@ -144,6 +150,8 @@ class Parcae(LanguageModel):
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         kv_cache=None,
+        draw: TrainDraw = TrainDraw(),
+        stats: dict[str, Tensor] | None = None,
     ) -> Tensor:
         cfg, tr = self.config, self.transformer
         B, T = input_ids.shape
@@ -165,12 +173,12 @@ class Parcae(LanguageModel):
         e = tr.ln_prelude(x) if cfg.prelude_norm else x
 
         # 2. Recurrence: h₀, then T iterations of h ← core(inject(h, e)).
-        depths = self._depths(B, T, num_steps)
-        h = self.initial_state(B, T, offset, position_ids, e)
+        depths = self._depths(B, T, num_steps, draw)
+        h = self.initial_state(B, T, offset, position_ids, e, draw)
         u = tr.adapter.prepare(e)  # B̄·e is the same at every iteration
         n_p = cfg.n_layers_in_prelude
         core_ve = [self._value_embedding(n_p + i, input_ids) for i in range(cfg.n_layers_in_recurrent_block)]
-        h = self._recur(h, u, core_ve, ctx_core, depths, kv_cache)
+        h = self._recur(h, u, core_ve, ctx_core, depths, kv_cache, stats)
 
         # 3. Coda: read the state out with C, run the coda blocks, final norm.
         y = tr.C(h)
@@ -187,7 +195,7 @@ class Parcae(LanguageModel):
         key = str(layer)
         return self.value_embeds[key](input_ids) if key in self.value_embeds else None
 
-    def _depths(self, B: int, T: int, num_steps: int | tuple[int, int] | None) -> Depths:
+    def _depths(self, B: int, T: int, num_steps: int | tuple[int, int] | None, draw: TrainDraw) -> Depths:
         if isinstance(num_steps, tuple):
             n, k = num_steps
         elif num_steps is not None:
@@ -196,12 +204,14 @@ class Parcae(LanguageModel):
             k = min(num_steps, self.config.mean_backprop_depth) if torch.is_grad_enabled() else 0
             n = num_steps - k
         elif self.training:
-            return sample_depths(self.config, self.step, B, T, self.depth_shard, self.config.state_init_seed)
+            return sample_depths(self.config, draw.step, B, T, draw.shard, self.config.state_init_seed)
         else:
             n, k = self.config.mean_recurrence, 0
         return Depths(torch.tensor(n), torch.tensor(k))
 
-    def initial_state(self, B: int, T: int, offset: int, position_ids: Tensor | None, e: Tensor) -> Tensor:
+    def initial_state(
+        self, B: int, T: int, offset: int, position_ids: Tensor | None, e: Tensor, draw: TrainDraw = TrainDraw()
+    ) -> Tensor:
         """h₀: in training, fresh noise per sequence seeded by (step, global row); otherwise a fixed,
         position-indexed table from `state_init_seed`, so evaluation and cached decoding are deterministic."""
         cfg, d_r = self.config, self.config.recurrent_embedding_dimension
@@ -210,10 +220,8 @@ class Parcae(LanguageModel):
         if self.training:
             rows = []
             for r in range(B):
-                row = self.depth_shard.index * B + r
-                g = torch.Generator(device=e.device).manual_seed(
-                    mix_seed(cfg.state_init_seed, self.step, row)
-                )
+                row = draw.shard.index * B + r
+                g = torch.Generator(device=e.device).manual_seed(mix_seed(cfg.state_init_seed, draw.step, row))
                 rows.append(self._draw_state((T, d_r), g, e.device))
             return torch.stack(rows).to(e.dtype)
         key = (str(e.device), e.dtype)
@@ -254,15 +262,22 @@ class Parcae(LanguageModel):
 
     def _iterate(self, h: Tensor, u: Tensor, ves: list[Tensor | None], ctx: AttnContext) -> Tensor:
         """core_step for training, with per-iteration activation checkpointing when enabled."""
-        if self.gradient_checkpointing and torch.is_grad_enabled():
+        if self.activation_checkpointing and torch.is_grad_enabled():
             return checkpoint(self.core_step, h, u, ves, ctx, use_reentrant=False)
         return self.core_step(h, u, ves, ctx)
 
     def _recur(
-        self, h: Tensor, u: Tensor, ves: list[Tensor | None], ctx: AttnContext, depths: Depths, kv_cache=None
+        self,
+        h: Tensor,
+        u: Tensor,
+        ves: list[Tensor | None],
+        ctx: AttnContext,
+        depths: Depths,
+        kv_cache=None,
+        stats: dict[str, Tensor] | None = None,
     ) -> Tensor:
         grad_on = torch.is_grad_enabled()
-        tracking = self.track_diagnostics
+        tracking = stats is not None
         residual = h.new_zeros(h.shape[0]) if tracking else None
         done = 0  # iterations completed so far (cache slots are indexed by iteration)
         for steps, with_grad in ((depths.n, False), (depths.k, True)):
@@ -280,10 +295,8 @@ class Parcae(LanguageModel):
                 else:
                     h, residual = self._recur_ragged(h, u, ves, ctx, steps, residual)
         if tracking:
-            self._diagnostics = {
-                "state_norm": h.detach().float().norm(dim=-1).mean(),
-                "rel_residual": residual.mean(),
-            }
+            stats["state_norm"] = h.detach().float().norm(dim=-1).mean()
+            stats["rel_residual"] = residual.mean()
         return h
 
     def _recur_ragged(
@@ -326,11 +339,9 @@ class Parcae(LanguageModel):
 
     # ------------------------------------------------------------------------------------------------
     def diagnostics(self) -> dict[str, float]:
-        """Spectral radius of the injection's state matrix, plus (if `track_diagnostics` was on during the
-        last forward) the final recurrent state norm and relative residual ‖h_T − h_{T−1}‖/‖h_T‖."""
-        out = {"spectral_radius": self.transformer.adapter.spectral_radius()}
-        out.update({k: float(v) for k, v in self._diagnostics.items()})
-        return out
+        """Spectral radius ρ of the injection's state matrix (< 1 for the diagonal injection). The state
+        norm and residual of a forward come with it: `model(x, diagnostics=True)`."""
+        return {"spectral_radius": self.transformer.adapter.spectral_radius()}
 
     @torch.no_grad()
     def recurrence_trace(self, input_ids: Tensor, num_steps: int | None = None) -> list[dict[str, float]]:

@@ -38,6 +38,18 @@ class DepthShard:
     count: int = 1
 
 
+@dataclass(frozen=True)
+class TrainDraw:
+    """Where a training forward sits: its optimizer step and its slice of the global batch.
+
+    Both seed the random choices of a training forward (sampled depths and the initial state h₀), so a
+    run is reproducible and a row draws the same depth however the batch is split across ranks and
+    micro-batches. The trainer passes one with every forward (`model(x, labels=y, draw=...)`)."""
+
+    step: int = 0
+    shard: DepthShard = DepthShard()
+
+
 @dataclass
 class Depths:
     """No-grad and grad iteration counts: int64 CPU tensors of shape [] (batch), [B] (sequence) or [B, T] (token)."""

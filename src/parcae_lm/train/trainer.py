@@ -31,7 +31,8 @@ from parcae_lm.checkpoint import save_pretrained
 from parcae_lm.config import create_config
 from parcae_lm.errors import ConfigError, TrainingError
 from parcae_lm.flops import flops_per_token
-from parcae_lm.model.recurrence import DepthShard
+from parcae_lm.model import build_model
+from parcae_lm.model.recurrence import DepthShard, TrainDraw
 from parcae_lm.runtime import keep_freed_memory
 from parcae_lm.train import checkpoint as ckpt
 from parcae_lm.train.config import Precision, RunConfig, Strategy, coerce_model_overrides
@@ -285,15 +286,10 @@ def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> 
     # --- model and optimizer ------------------------------------------------------------------
     seed_everything(cfg.seed)
     mcfg = build_model_config(cfg, tokenizer.vocab_size)
-    raw = mcfg.construct_model().to(info.device)
+    raw = build_model(mcfg).to(info.device)
     n_params = sum(p.numel() for p in raw.parameters())
     fpt = float(flops_per_token(mcfg, cfg.seq_len))
-    if cfg.activation_checkpointing:
-        if not hasattr(raw, "gradient_checkpointing"):
-            raise ConfigError(
-                f"activation_checkpointing is only implemented for Parcae models, not {mcfg.name}"
-            )
-        raw.gradient_checkpointing = True
+    raw.activation_checkpointing = cfg.activation_checkpointing
     if cfg.compile:
         raw.compile_blocks()  # before wrapping, so DDP/FSDP see the compiled blocks
     model = wrap_model(raw, cfg.strategy, info)
@@ -588,7 +584,7 @@ def _loop(run: _Run, state: TrainerState, budget: Budget, grad_accum: int) -> No
         )
         batches = [next(data_iter) for _ in range(grad_accum)]
         track = (state.step + 1) % cfg.log_interval == 0
-        step_loss = accumulate_gradients(model, raw, batches, state.step, info, cfg.precision, track)
+        step_loss, loop_stats = accumulate_gradients(model, batches, state.step, info, cfg.precision, track)
         state.micro_step += grad_accum
         grad_norm = _clip_grad_norm(params, cfg.grad_clip)
         nonfinite |= ~torch.isfinite(step_loss) | ~torch.isfinite(grad_norm)
@@ -609,7 +605,7 @@ def _loop(run: _Run, state: TrainerState, budget: Budget, grad_accum: int) -> No
         finished = budget.done(state.step, state.train_elapsed, last_step_s)
         if state.step % cfg.log_interval == 0 or finished:
             check_finite("training")
-            record = _train_record(run, state, window, grad_norm, progress)
+            record = _train_record(run, state, window, grad_norm, progress, loop_stats)
             if metrics is not None:
                 metrics.log(record)
             if bar is not None:
@@ -667,14 +663,14 @@ def _loop(run: _Run, state: TrainerState, budget: Budget, grad_accum: int) -> No
 
 def accumulate_gradients(
     model: nn.Module,
-    raw: nn.Module,
     batches: list[tuple[torch.Tensor, ...]],
     step: int,
     info: DistInfo,
     precision: Precision,
     track_diagnostics: bool = False,
-) -> torch.Tensor:
-    """Forward/backward over this rank's micro-batches of one optimizer step; returns the mean loss (on device).
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward/backward over this rank's micro-batches of one optimizer step; returns the mean loss (on
+    device) and, with `track_diagnostics`, the loop's state norm and residual of the last micro-batch.
 
     Each micro-loss is a mean over its tokens, so the step's gradient is the mean over micro-batches (and
     DDP averages over ranks): with equal-length rows this equals the gradient of one global batch. Depth
@@ -684,21 +680,19 @@ def accumulate_gradients(
     accum = len(batches)
     device = info.device
     step_loss = torch.zeros((), device=device)
-    raw.step = step
+    stats: dict[str, torch.Tensor] = {}
     for micro, batch in enumerate(batches):
         x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         doc_ids = batch[2].to(device, non_blocking=True) if len(batch) > 2 else None
-        if hasattr(raw, "depth_shard"):
-            raw.depth_shard = DepthShard(
-                index=micro * info.world_size + info.rank, count=info.world_size * accum
-            )
-        if hasattr(raw, "track_diagnostics"):
-            raw.track_diagnostics = track_diagnostics and micro == accum - 1
+        draw = TrainDraw(step, DepthShard(index=micro * info.world_size + info.rank, count=info.world_size * accum))
+        diagnostics = track_diagnostics and micro == accum - 1
         with no_grad_sync(model, last_micro=micro == accum - 1), autocast_context(precision, device):
-            loss = model(x, labels=y, return_logits=False, doc_ids=doc_ids)["loss"]
-        (loss / accum).backward()
-        step_loss += loss.detach() / accum
-    return step_loss
+            out = model(x, labels=y, return_logits=False, doc_ids=doc_ids, draw=draw, diagnostics=diagnostics)
+        (out["loss"] / accum).backward()
+        step_loss += out["loss"].detach() / accum
+        if diagnostics:
+            stats = {k: out[k] for k in ("state_norm", "rel_residual") if k in out}
+    return step_loss, stats
 
 
 def _clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
@@ -712,7 +706,12 @@ def _clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor
 
 
 def _train_record(
-    run: _Run, state: TrainerState, window: _Window, grad_norm: torch.Tensor, progress: float
+    run: _Run,
+    state: TrainerState,
+    window: _Window,
+    grad_norm: torch.Tensor,
+    progress: float,
+    loop_stats: dict[str, torch.Tensor],
 ) -> dict[str, Any]:
     optimizer, raw, info = run.optimizer, run.raw, run.info
     stats = torch.stack([window.loss / max(window.steps, 1), grad_norm.float()]).float()
@@ -735,13 +734,9 @@ def _train_record(
     if optimizer.muon is not None:
         record["muon_momentum"] = optimizer.muon.param_groups[0]["momentum"]
         record["muon_wd"] = optimizer.muon.param_groups[0]["weight_decay"]
-    diagnostics = getattr(raw, "diagnostics", None)
-    if callable(diagnostics):
-        with torch.no_grad():
-            diag = diagnostics() or {}
-        for k, v in diag.items():
-            if isinstance(v, int | float):
-                record[k] = float(v)
+    with torch.no_grad():
+        record.update(raw.diagnostics())
+    record.update({k: float(v) for k, v in loop_stats.items()})
     return record
 
 
@@ -756,7 +751,7 @@ def _full_model(model: nn.Module, raw: nn.Module, mcfg, strategy: Strategy) -> n
     sd = get_model_state_dict(raw, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if torch.distributed.get_rank() != 0:  # cpu_offload gathers the full state on rank 0 only
         return None
-    full = mcfg.construct_model()
+    full = build_model(mcfg)
     full.load_state_dict(sd)
     return full
 

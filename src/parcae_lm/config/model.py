@@ -1,5 +1,7 @@
 """Model configurations: typed dataclasses, validation, and the named configs as plain data.
 
+This module imports nothing else of the package except `errors`: every other layer builds on it.
+
 `ParcaeConfig` and `GPTConfig` keep the reference's field names, so the authors' `config.json` files
 load (see `from_dict`); options the reference parses from strings are typed values here (enums),
 with the reference's strings accepted when loading its configs.
@@ -142,11 +144,6 @@ class ModelConfig:
             raise ConfigError(f"logit_softcap must be positive or null, got {self.logit_softcap}")
         if self.rope_base <= 0 or self.rope_condense_ratio <= 0:
             raise ConfigError("rope_base and rope_condense_ratio must be positive")
-
-    def construct_model(self):
-        from parcae_lm.model import build_model
-
-        return build_model(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
