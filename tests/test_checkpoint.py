@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import pickle
-import sys
-import types
 
+import huggingface_hub
 import pytest
 import torch
 
@@ -197,14 +196,12 @@ def test_hub_ids_go_through_snapshot_download(tmp_path, monkeypatch):
     save_pretrained(model, tmp_path / "snap")
     calls = []
 
-    def fake_snapshot_download(repo_id, allow_patterns=None):
+    def fake_snapshot_download(repo_id, allow_patterns=None, **kwargs):
         calls.append((repo_id, allow_patterns))
         return str(tmp_path / "snap")
 
-    # The hub is unreachable here: stand in for huggingface_hub (an optional dependency) at the boundary.
-    monkeypatch.setitem(
-        sys.modules, "huggingface_hub", types.SimpleNamespace(snapshot_download=fake_snapshot_download)
-    )
+    # The hub is unreachable here: stand in for huggingface_hub at its boundary.
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     loaded = from_pretrained("SandyResearch/parcae-140m")
     assert calls and calls[0][0] == "SandyResearch/parcae-140m"
     assert "model.safetensors" in calls[0][1] and "model.pt" in calls[0][1]

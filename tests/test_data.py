@@ -1,12 +1,11 @@
-"""Corpora, shards, loaders, the hub download path and the data CLI, on tiny data the tests create."""
+"""Corpora, shards, loaders, the FineWeb-Edu download path and the data CLI, on tiny data the tests create."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from types import SimpleNamespace
 
+import huggingface_hub
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,7 +14,7 @@ import torch
 
 from parcae_lm.cli import main as cli_main
 from parcae_lm.data import default as default_mod
-from parcae_lm.data import hub
+from parcae_lm.data import fineweb
 from parcae_lm.data.corpus import (
     SHAKESPEARE_WORKS,
     VAL_FRACTION,
@@ -364,7 +363,9 @@ def test_prepare_default_caches_by_content(tmp_path, monkeypatch):
     assert Tokenizer.load(tok_dir).vocab_size == 310 and Manifest.load(shard_dir).vocab_size == 310
 
 
-def _fake_hub(listing: list[str], calls: list[dict], with_text: bool = True) -> SimpleNamespace:
+def _fake_hub(monkeypatch, listing: list[str], calls: list[dict], with_text: bool = True) -> None:
+    """Stand in for the hub at huggingface_hub's boundary (the tests never reach the network)."""
+
     def list_repo_files(repo_id, repo_type=None, revision=None):
         calls.append({"list": repo_id, "repo_type": repo_type})
         return listing
@@ -378,15 +379,16 @@ def _fake_hub(listing: list[str], calls: list[dict], with_text: bool = True) -> 
             pq.write_table(pa.table({column: [f"doc from {f}", "second"], "score": [3.1, 2.7]}), path)
         return local_dir
 
-    return SimpleNamespace(list_repo_files=list_repo_files, snapshot_download=snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
 
 
 def test_fineweb_download_up_to_the_network(tmp_path, monkeypatch):
     listing = ["README.md", "sample/10BT/001_00000.parquet", "sample/10BT/000_00000.parquet"]
     listing += ["sample/100BT/000_00000.parquet", "data/CC-MAIN-2024-10/000_00000.parquet"]
     calls: list[dict] = []
-    monkeypatch.setattr(hub, "_hub", lambda: _fake_hub(listing, calls))
-    paths = hub.fetch_fineweb_edu(tmp_path / "fw", hub.FineWebSample.BT10, max_files=1)
+    _fake_hub(monkeypatch, listing, calls)
+    paths = fineweb.fetch_fineweb_edu(tmp_path / "fw", fineweb.FineWebSample.BT10, max_files=1)
     assert calls[-1] == {
         "download": "HuggingFaceFW/fineweb-edu",
         "repo_type": "dataset",
@@ -394,18 +396,12 @@ def test_fineweb_download_up_to_the_network(tmp_path, monkeypatch):
     }
     assert paths == [tmp_path / "fw" / "sample/10BT/000_00000.parquet"]
     assert list(iter_documents([tmp_path / "fw"])) == ["doc from sample/10BT/000_00000.parquet", "second"]
-    assert len(hub.fetch_fineweb_edu(tmp_path / "fw2", hub.FineWebSample.BT10, max_files=None)) == 2
-    monkeypatch.setattr(hub, "_hub", lambda: _fake_hub(listing, calls, with_text=False))
+    assert len(fineweb.fetch_fineweb_edu(tmp_path / "fw2", fineweb.FineWebSample.BT10, max_files=None)) == 2
+    _fake_hub(monkeypatch, listing, calls, with_text=False)
     with pytest.raises(DataError, match="has no string 'text' column"):
-        hub.fetch_fineweb_edu(tmp_path / "fw3", hub.FineWebSample.BT100)
+        fineweb.fetch_fineweb_edu(tmp_path / "fw3", fineweb.FineWebSample.BT100)
     with pytest.raises(DataError, match="no parquet files under sample/350BT/"):
-        hub.fetch_fineweb_edu(tmp_path / "fw3", hub.FineWebSample.BT350)
-
-
-def test_missing_huggingface_hub_says_how_to_install(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # makes `import huggingface_hub` fail
-    with pytest.raises(DataError, match="pip install huggingface_hub"):
-        hub.fetch_fineweb_edu(tmp_path)
+        fineweb.fetch_fineweb_edu(tmp_path / "fw3", fineweb.FineWebSample.BT350)
 
 
 def test_cli_tokenizer_train_and_data_prepare(tmp_path, capsys):

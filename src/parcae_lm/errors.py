@@ -20,6 +20,10 @@ class DataError(ParcaeError):
     """Bad corpus, shard or dataset input."""
 
 
+class DownloadError(ParcaeError):
+    """A file that cannot be fetched as asked (network, HTTP status, checksum, truncation, offline mode)."""
+
+
 class TokenizerError(ParcaeError):
     """A tokenizer that cannot be trained, saved or loaded as asked."""
 

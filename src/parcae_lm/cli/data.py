@@ -1,4 +1,8 @@
-"""`parcae data ...` and `parcae tokenizer ...`: corpora, tokenizer training/comparison, token shards."""
+"""`parcae data ...` and `parcae tokenizer ...`: corpora, tokenizer training, token shards.
+
+Comparing a trained tokenizer with GPT-2 / GPT-4 / GPT-4o (bytes per token) is a separate tool:
+`python tools/compare_tokenizers.py TOKENIZER_DIR` (needs `pip install -e ".[compare]"`).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ if TYPE_CHECKING:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from parcae_lm.data.corpus import CorpusName
-    from parcae_lm.data.hub import FINEWEB_EDU_REPO, FineWebSample
+    from parcae_lm.data.fineweb import FINEWEB_EDU_REPO, FineWebSample
     from parcae_lm.data.shards import DEFAULT_SHARD_TOKENS
 
     corpora = [c.value for c in CorpusName]
@@ -41,9 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--vocab-size", type=int, default=4096)
     p.set_defaults(func=_cmd_default)
 
-    p = dsub.add_parser(
-        "fetch-fineweb", help="download FineWeb-Edu sample parquet files (needs huggingface_hub)"
-    )
+    p = dsub.add_parser("fetch-fineweb", help="download FineWeb-Edu sample parquet files from the hub")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--sample", choices=[s.value for s in FineWebSample], default=FineWebSample.BT10.value)
     p.add_argument("--max-files", type=int, default=1, help="number of ~2 GB files (0 = all)")
@@ -55,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("shard_dir", type=Path)
     p.set_defaults(func=_cmd_info)
 
-    tok = subparsers.add_parser("tokenizer", help="train and compare BPE tokenizers")
+    tok = subparsers.add_parser("tokenizer", help="train BPE tokenizers")
     tsub = tok.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
 
     p = tsub.add_parser("train", help="train a byte-level BPE tokenizer")
@@ -66,11 +68,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--corpus", choices=corpora, help="a built-in corpus (trains on its train split only)")
     p.add_argument("--max-chars", type=int, default=None, help="stop after this many characters of text")
     p.set_defaults(func=_cmd_tokenizer_train)
-
-    p = tsub.add_parser("eval", help="bytes/token vs GPT-2, GPT-4 and GPT-4o tokenizers")
-    p.add_argument("tokenizer_dir", type=Path)
-    p.add_argument("--text-file", nargs="+", type=Path, default=[], help="extra UTF-8 texts to compare on")
-    p.set_defaults(func=_cmd_tokenizer_eval)
 
 
 def _take_chars(docs: Iterable[str], max_chars: int | None) -> Iterator[str]:
@@ -141,7 +138,7 @@ def _cmd_default(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch_fineweb(args: argparse.Namespace) -> int:
-    from parcae_lm.data.hub import FineWebSample, fetch_fineweb_edu
+    from parcae_lm.data.fineweb import FineWebSample, fetch_fineweb_edu
 
     paths = fetch_fineweb_edu(
         args.out,
@@ -175,17 +172,4 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
     tok = Tokenizer.train(_take_chars(docs, args.max_chars), args.vocab_size, show_progress=True)
     tok.save(args.out)
     print(f"{tok} trained in {time.perf_counter() - t0:.1f}s, saved to {args.out}")
-    return 0
-
-
-def _cmd_tokenizer_eval(args: argparse.Namespace) -> int:
-    from parcae_lm.data.corpus import read_text_file, shakespeare_corpus
-    from parcae_lm.tokenizer import SAMPLE_TEXTS, Tokenizer, compare_tokenizers
-
-    tok = Tokenizer.load(args.tokenizer_dir)
-    texts = dict(SAMPLE_TEXTS)
-    texts["shakespeare-val"] = "\n".join(shakespeare_corpus().validation)
-    for path in args.text_file:
-        texts[path.name] = read_text_file(path)
-    print(compare_tokenizers(tok, texts).format())
     return 0

@@ -130,8 +130,8 @@ def _finish(
     out: Path, name: str, payload: dict, markdown: str, depth_names: list[str], series: dict, ylabel: str
 ) -> None:
     """Write name.json and name.md, plus name.png (score vs depth) for a sweep over several depths."""
-    from parcae_lm.cache import atomic_write_text
     from parcae_lm.eval.common import plot_sweep, write_json
+    from parcae_lm.files import atomic_write_text
 
     write_json(out / f"{name}.json", payload)
     atomic_write_text(out / f"{name}.md", markdown)

@@ -103,7 +103,7 @@ def _setup(args):
 
 def _write_json(path: str | None, payload) -> None:
     if path:
-        from parcae_lm.cache import atomic_write_text
+        from parcae_lm.files import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(payload, indent=2) + "\n")
         print(f"wrote {path}")
@@ -199,7 +199,7 @@ def cmd_quantize(args) -> int:
     if args.out:
         import io
 
-        from parcae_lm.cache import atomic_write_bytes
+        from parcae_lm.files import atomic_write_bytes
 
         buf = io.BytesIO()
         torch.save(qmodel.state_dict(), buf)

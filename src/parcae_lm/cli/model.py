@@ -245,7 +245,7 @@ def cmd_bench_train(args) -> int:
     print(f"MFU           {100 * r.mfu:.1f}% (median of per-step ratios)")
     print(f"peak memory   {r.peak_memory_mb:,.0f} MB")
     if args.json:
-        from parcae_lm.cache import atomic_write_text
+        from parcae_lm.files import atomic_write_text
 
         atomic_write_text(Path(args.json), json.dumps(r.to_dict(), indent=2))
     return 0

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from parcae_lm.cache import atomic_write_text
 from parcae_lm.errors import ConfigError
+from parcae_lm.files import atomic_write_text
 from parcae_lm.scaling import fit as F
 
 

@@ -1,3 +1,3 @@
-"""Corpora (`corpus`), the Hugging Face download path (`hub`), tokenized shards (`shards`), the cached
-default Shakespeare pipeline (`default`) and batch loaders (`loader`). Import from the submodules; this
-package file stays empty so argument parsing never has to load torch."""
+"""Corpora (`corpus`), FineWeb-Edu from the Hugging Face hub (`fineweb`), tokenized shards (`shards`), the
+cached default Shakespeare pipeline (`default`) and batch loaders (`loader`). Import from the submodules;
+this package file stays empty so argument parsing never has to load torch."""

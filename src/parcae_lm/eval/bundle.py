@@ -16,9 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 import tempfile
-import urllib.request
 import zipfile
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -26,9 +24,10 @@ from pathlib import Path
 
 import yaml
 
-from parcae_lm.cache import atomic_write_text, cache_dir, file_lock, sha256_file
+from parcae_lm.download import cache_dir, download_url
 from parcae_lm.errors import EvalError
 from parcae_lm.eval.tasks import Suite, TaskSpec, TaskType, suite_tasks
+from parcae_lm.files import atomic_write_text, file_lock, replace_dir
 
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 # No checksum for eval_bundle.zip is published; the first download records its sha256 next to the zip
@@ -297,7 +296,7 @@ def download_dclm_bundle(
     """Download and unpack the DCLM eval_bundle.zip into `dest` (default: the cache) once; return its root.
 
     The zip's sha256 is checked against `sha256` if given, else against the one recorded by the first
-    download (trust on first use). A mismatch deletes the download and raises.
+    download (trust on first use). A mismatch deletes the download and raises `DownloadError`.
     """
     dest = Path(dest) if dest is not None else bundle_dir(BundleSource.DCLM)
     if (dest / "core.yaml").is_file():
@@ -310,14 +309,7 @@ def download_dclm_bundle(
         expected = sha256 or (recorded.read_text().strip() if recorded.is_file() else None)
         with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".bundle-") as tmp:
             zpath = Path(tmp) / "eval_bundle.zip"
-            try:
-                with urllib.request.urlopen(url, timeout=60) as resp, open(zpath, "wb") as f:
-                    shutil.copyfileobj(resp, f, length=1 << 20)
-            except OSError as e:
-                raise EvalError(f"could not download the eval bundle from {url}: {e}") from None
-            got = sha256_file(zpath)
-            if expected is not None and got != expected:
-                raise EvalError(f"checksum mismatch for {url}: expected sha256 {expected}, got {got}")
+            got = download_url(url, zpath, sha256=expected, what="the DCLM eval bundle")
             try:
                 with zipfile.ZipFile(zpath) as zf:
                     _safe_extract(zf, Path(tmp) / "x")
@@ -327,9 +319,7 @@ def download_dclm_bundle(
             if len(roots) != 1:
                 raise EvalError(f"{url}: expected exactly one core.yaml in the zip, found {len(roots)}")
             load_bundle(roots[0])  # validate before installing
-            if dest.exists():
-                shutil.rmtree(dest)
-            shutil.move(str(roots[0]), dest)
+            replace_dir(roots[0], dest)
             if expected is None:
                 atomic_write_text(recorded, got + "\n")
     return dest

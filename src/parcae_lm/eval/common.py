@@ -12,8 +12,8 @@ from typing import Any, Protocol
 
 import torch
 
-from parcae_lm.cache import atomic_write_text
 from parcae_lm.errors import EvalError
+from parcae_lm.files import atomic_write_text
 
 
 class EvalTokenizer(Protocol):

@@ -186,7 +186,7 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 
 def cmd_bench_generate(args) -> int:
-    from parcae_lm.cache import atomic_write_text
+    from parcae_lm.files import atomic_write_text
 
     if args.threads is not None:
         if args.threads < 1:

@@ -92,7 +92,7 @@ def export_program(model: LanguageModel, seq_len: int, num_steps: int | None = N
 def save_program(program, path: str | os.PathLike) -> Path:
     import io
 
-    from parcae_lm.cache import atomic_write_bytes
+    from parcae_lm.files import atomic_write_bytes
 
     buf = io.BytesIO()
     torch.export.save(program, buf)

@@ -124,7 +124,7 @@ AutoModelForCausalLM.register(ParcaeHFConfig, ParcaeForCausalLM, exist_ok=True)
 
 def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Write a transformers-loadable copy of a `save_pretrained` directory (weights hard-linked or copied)."""
-    from parcae_lm.cache import atomic_write_text
+    from parcae_lm.files import atomic_write_text
 
     src, out = Path(model_dir), Path(out_dir)
     cfg_path, weights = src / "config.json", src / "model.safetensors"

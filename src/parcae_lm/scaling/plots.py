@@ -21,7 +21,7 @@ matplotlib.use("Agg")  # headless: plots are files, never windows
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from parcae_lm.cache import atomic_write_bytes  # noqa: E402
+from parcae_lm.files import atomic_write_bytes  # noqa: E402
 from parcae_lm.scaling.fit import IsoFlopFit, TestTimeFits  # noqa: E402
 
 _LABELS = {"mean_recurrence": "mean recurrence μ_rec", "tokens": "training tokens D"}

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from parcae_lm.cache import atomic_write_text, cache_dir, file_lock
+from parcae_lm.download import cache_dir
 from parcae_lm.errors import ConfigError
+from parcae_lm.files import atomic_write_text, file_lock
 from parcae_lm.scaling import fit as F
 from parcae_lm.scaling.sweep import SweepResult, SweepSpec, run_sweep
 
@@ -261,7 +262,7 @@ def _plt():
 def _save(fig, path: Path) -> Path:
     import io
 
-    from parcae_lm.cache import atomic_write_bytes
+    from parcae_lm.files import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")

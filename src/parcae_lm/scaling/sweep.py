@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from parcae_lm.cache import atomic_write_text
+from parcae_lm.files import atomic_write_text
 from parcae_lm.errors import ConfigError, TrainingError
 from parcae_lm.scaling import fit as F
 

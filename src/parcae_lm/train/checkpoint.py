@@ -29,8 +29,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from parcae_lm.cache import replace_dir
 from parcae_lm.errors import CheckpointError
+from parcae_lm.files import replace_dir
 
 _STEP_RE = re.compile(r"^step_(\d+)$")
 FORMAT_VERSION = 1

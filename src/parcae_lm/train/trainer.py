@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from parcae_lm.bench import matmul_peak_flops
-from parcae_lm.cache import atomic_write_text
 from parcae_lm.checkpoint import save_pretrained
 from parcae_lm.config import create_config
 from parcae_lm.errors import ConfigError, TrainingError
+from parcae_lm.files import atomic_write_text
 from parcae_lm.flops import flops_per_token
 from parcae_lm.model import build_model
 from parcae_lm.model.recurrence import DepthShard, TrainDraw
