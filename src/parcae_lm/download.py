@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import huggingface_hub
+import huggingface_hub.constants
 from tqdm import tqdm
 
 from parcae_lm.errors import DownloadError
@@ -111,7 +112,8 @@ def _index_file_url(file: RegistryFile) -> str:
     page = f"{index_url()}/{_normalize(file.project)}/"
     with _open(page, f"the index page of {file.project}", accept=_ACCEPT) as resp:
         content_type = resp.headers.get("Content-Type", "")
-        base = resp.geturl()
+        # Relative file URLs resolve against the page, keeping its credentials unless we were redirected.
+        base = page if resp.geturl() == _display(page) else resp.geturl()
         try:
             body = resp.read()
         except (OSError, http.client.HTTPException) as e:

@@ -45,8 +45,8 @@ from typing import Any
 
 import yaml
 
-from parcae_lm.files import atomic_write_text
 from parcae_lm.errors import ConfigError, TrainingError
+from parcae_lm.files import atomic_write_text
 from parcae_lm.scaling import fit as F
 
 # A loss spike: a logged training loss above SPIKE_FACTOR x the running minimum of the losses logged
