@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import socket
+import stat
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -115,6 +116,8 @@ def test_fetch_from_a_json_index_verifies_and_caches(server, tmp_path):
     assert server.paths() == [PAGE, FILE_PATH]
     assert SIMPLE_JSON in server.requests[0][1]["Accept"]
     assert _cache_files(tmp_path) == [FILE.filename]  # no temporary file left beside it
+    # The umask's mode (as for the directory mkdir made), not the temporary file's 0600.
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE((tmp_path / "cache").stat().st_mode) & 0o666
     server.routes.clear()  # a cached file is used without asking the index again
     assert fetch_registry_file(FILE) == path and len(server.requests) == 2
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
 import time
 
@@ -12,11 +13,20 @@ import pytest
 from parcae_lm.files import atomic_write_bytes, atomic_write_text, file_lock, replace_dir, sha256_file
 
 
+def _plain_mode(tmp_path) -> int:
+    """The permissions an ordinary open() gives a new file under the current umask."""
+    (tmp_path / ".probe").write_bytes(b"")
+    mode = stat.S_IMODE((tmp_path / ".probe").stat().st_mode)
+    (tmp_path / ".probe").unlink()
+    return mode
+
+
 def test_atomic_write_replaces_and_leaves_nothing_else(tmp_path):
     path = tmp_path / "new" / "dir" / "f.bin"
     atomic_write_bytes(path, b"first")
     atomic_write_bytes(path, b"second")
     assert path.read_bytes() == b"second" and os.listdir(path.parent) == ["f.bin"]
+    assert stat.S_IMODE(path.stat().st_mode) == _plain_mode(tmp_path)  # not the temporary file's 0600
     atomic_write_text(tmp_path / "t.txt", "Ærøskøbing 🙂\n")
     assert (tmp_path / "t.txt").read_bytes() == "Ærøskøbing 🙂\n".encode()
 

@@ -41,7 +41,7 @@ import huggingface_hub.constants
 from tqdm import tqdm
 
 from parcae_lm.errors import DownloadError
-from parcae_lm.files import file_lock
+from parcae_lm.files import file_lock, publish_file
 
 CACHE_ENV = "PARCAE_CACHE"
 DEFAULT_CACHE = "~/.cache/parcae"
@@ -189,7 +189,7 @@ def download_url(url: str, path: Path, *, sha256: str | None = None, what: str |
                 f"checksum mismatch for {what} from {_display(url)}: expected sha256 {sha256}, got {digest}; "
                 "the download was discarded"
             )
-        os.replace(tmp, path)
+        publish_file(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -16,6 +16,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Temporary files are created 0600; a finished file gets the mode a plain open() would have given it.
+_FILE_MODE = 0o666 & ~_read_umask()
+
+
+def publish_file(tmp: Path, path: Path) -> None:
+    """Give a finished temporary file its normal permissions and rename it to `path` (atomically)."""
+    os.chmod(tmp, _FILE_MODE)
+    os.replace(tmp, path)
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """The hex sha256 of a file, read in `chunk`-byte blocks (bounded memory for multi-GB files)."""
     h = hashlib.sha256()
@@ -48,7 +64,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish_file(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
