@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import parcae_lm
-from parcae_lm.infer.generate import sample_next
-from parcae_lm.infer.kv_cache import KVCache
+from parcae_lm.model import sample_next
 
 
 @pytest.fixture(scope="module", params=["parcae-micro", "gpt-micro"])
@@ -24,10 +23,13 @@ def test_cached_decoding_matches_uncached_forward(model):
     for num_steps in steps:
         kw = {} if num_steps is None else {"num_steps": num_steps}
         full = model(x, **kw)["logits"]
-        cache = KVCache(model, 3, 20, **kw)
-        parts = [model(x[:, :8], kv_cache=cache)["logits"]]
-        parts += [model(x[:, 8:12], kv_cache=cache)["logits"]]  # a multi-token chunk at an offset
-        parts += [model(x[:, i : i + 1], kv_cache=cache)["logits"] for i in range(12, 20)]
+        cache = model.new_kv_cache(3, 20, num_steps)
+
+        def cached(a: int, b: int, cache=cache) -> torch.Tensor:
+            return model(x[:, a:b], kv_cache=cache, input_pos=torch.arange(a, b), input_pos_maxp1=b)["logits"]
+
+        parts = [cached(0, 8), cached(8, 12)]  # a multi-token chunk at an offset
+        parts += [cached(i, i + 1) for i in range(12, 20)]
         assert (torch.cat(parts, 1) - full).abs().max() <= 1e-5
 
 
@@ -79,15 +81,15 @@ def test_too_long_prompt_is_a_clear_error():
 
 def test_cache_memory_is_preallocated_once():
     model = parcae_lm.create_model("parcae-micro").eval()
-    cache = KVCache(model, 2, 32, num_steps=3)
+    cache = model.new_kv_cache(2, 32, num_steps=3)
     cfg = model.config
     n_slots = cfg.n_layers_in_prelude + 3 * cfg.n_layers_in_recurrent_block + cfg.n_layers_in_coda
-    assert len(cache.slots) == n_slots
-    ptrs = [s.k.data_ptr() for s in cache.slots]
+    assert len(cache.layers()) == n_slots
+    ptrs = [c.k.data_ptr() for c in cache.layers()]
     with torch.no_grad():
-        model(torch.zeros(2, 5, dtype=torch.long), kv_cache=cache)
-        model(torch.zeros(2, 1, dtype=torch.long), kv_cache=cache)
-    assert [s.k.data_ptr() for s in cache.slots] == ptrs and cache.pos == 6
+        model(torch.zeros(2, 5, dtype=torch.long), kv_cache=cache, input_pos=torch.arange(5))
+        model(torch.zeros(2, 1, dtype=torch.long), kv_cache=cache, input_pos=torch.tensor([5]))
+    assert [c.k.data_ptr() for c in cache.layers()] == ptrs
 
 
 def test_padding_ids_are_never_sampled():

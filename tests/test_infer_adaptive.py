@@ -12,9 +12,8 @@ import torch.nn.functional as F
 import parcae_lm
 from parcae_lm.errors import ConfigError
 from parcae_lm.infer.adaptive import AdaptiveDecoder, ExitCriterion, ExitRule, adaptive_generate
-from parcae_lm.infer.engine import Engine
-from parcae_lm.infer.kv_cache import CacheStrategy
 from parcae_lm.infer.quality import stepwise_bpb
+from parcae_lm.model import CacheStrategy, Decoder
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +28,7 @@ def test_threshold_zero_is_fixed_depth_exactly(model, criterion):
     x = torch.randint(0, 97, (3, 10))
     R = model.config.mean_recurrence
     rule = ExitRule(criterion, max_steps=R) if criterion == ExitCriterion.BUDGET else ExitRule(criterion, 0.0)
-    dec, eng = AdaptiveDecoder(model, 3, 10, rule), Engine(model, 3, 10)
+    dec, eng = AdaptiveDecoder(model, 3, 10, rule), Decoder(model, 3, 10)
     got = torch.stack([dec.step(x[:, i]) for i in range(10)], 1)
     want = torch.stack([eng.step(x[:, i]) for i in range(10)], 1)
     if criterion == ExitCriterion.KL:  # the KL path returns its probes' log-probabilities
@@ -50,7 +49,7 @@ def test_per_row_budgets_equal_fixed_depth_decoding(model):
     dec = AdaptiveDecoder(model, 3, 12, ExitRule(ExitCriterion.BUDGET, max_steps=3))
     got = torch.stack([dec.step(x[:, i], budgets) for i in range(12)], 1)
     for row, d in enumerate(budgets.tolist()):
-        eng = Engine(model, 1, 12, num_steps=d)
+        eng = Decoder(model, 1, 12, num_steps=d)
         want = torch.stack([eng.step(x[row : row + 1, i]) for i in range(12)], 1)
         assert (got[row] - want[0]).abs().max() < 1e-5
     assert dec.stats.histogram == {1: 12, 2: 12, 3: 12}
@@ -62,11 +61,11 @@ def test_exited_tokens_present_their_last_computed_kv(model):
     dec = AdaptiveDecoder(model, 2, 6, ExitRule(ExitCriterion.BUDGET, max_steps=3))
     for i in range(6):
         dec.step(x[:, i], torch.tensor([1, 3]))
-    cache = dec.engine.cache
+    cache = dec.cache
     for layer in range(model.config.n_layers_in_recurrent_block):
-        first = cache.core_slot(0, layer)
+        first = cache.core_layer(0, layer)
         for r in (1, 2):
-            later = cache.core_slot(r, layer)
+            later = cache.core_layer(r, layer)
             assert torch.equal(later.k[0, :, :6], first.k[0, :, :6])  # row 0 exited after 1: copies
             assert torch.equal(later.v[0, :, :6], first.v[0, :, :6])
             assert not torch.equal(later.k[1, :, :6], first.k[1, :, :6])  # row 1 computed its own

@@ -17,7 +17,7 @@ from parcae_lm.config import (
 )
 from parcae_lm.errors import ConfigError
 from parcae_lm.model import Parcae
-from parcae_lm.model.recurrence import DepthShard, TrainDraw, expected_depths, sample_depths
+from parcae_lm.model.recurrence import FIRST_DRAW, DepthShard, TrainDraw, expected_depths, sample_depths
 
 # (name, unique params, state-dict keys in the reference incl. freqs_cis) — reference-model.md §3.2
 PAPER_CONFIGS = [
@@ -214,20 +214,20 @@ def test_every_parameter_gets_a_gradient(layers, model_name):
     assert not dead, dead
 
 
-def _unrolled_loss(model: Parcae, x, loop, draw=TrainDraw()):
+def _unrolled_loss(model: Parcae, x, loop, draw=FIRST_DRAW):
     """The forward pass written out by hand around a custom `loop(h, u, ves, ctx) -> h`."""
     tr, cfg = model.transformer, model.config
     ctx = model.attn_context(cfg.head_size, x.shape[1], x.device)
     e = tr.wte(x)
     for i, b in enumerate(tr.prelude):
-        e = b(e, ctx, model._value_embedding(i, x))
+        e = b(e, ctx, model.value_embedding(i, x))
     e = tr.ln_prelude(e)
     n_p, n_c = cfg.n_layers_in_prelude, cfg.n_layers_in_recurrent_block
-    ves = [model._value_embedding(n_p + i, x) for i in range(n_c)]
-    h = loop(model.initial_state(x.shape[0], x.shape[1], 0, None, e, draw), tr.adapter.prepare(e), ves, ctx)
+    ves = [model.value_embedding(n_p + i, x) for i in range(n_c)]
+    h = loop(model.initial_state(e, None, draw), tr.adapter.prepare(e), ves, ctx)
     y = tr.C(h)
     for i, b in enumerate(tr.coda):
-        y = b(y, ctx, model._value_embedding(n_p + n_c + i, x))
+        y = b(y, ctx, model.value_embedding(n_p + n_c + i, x))
     return model.head(tr.ln_f(y), x, False)["loss"]
 
 
@@ -311,11 +311,12 @@ def test_options_the_reference_crashes_on_work(overrides):
     model.eval()
     with torch.no_grad():
         full = model(x)["logits"]
-        from parcae_lm.infer.kv_cache import KVCache
+        cache = model.new_kv_cache(2, 12)
 
-        cache = KVCache(model, 2, 12)
-        parts = [model(x[:, :5], kv_cache=cache)["logits"]]
-        parts += [model(x[:, i : i + 1], kv_cache=cache)["logits"] for i in range(5, 12)]
+        def cached(a: int, b: int) -> torch.Tensor:
+            return model(x[:, a:b], kv_cache=cache, input_pos=torch.arange(a, b), input_pos_maxp1=b)["logits"]
+
+        parts = [cached(0, 5)] + [cached(i, i + 1) for i in range(5, 12)]
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-5, atol=1e-5)
 
 
@@ -372,11 +373,12 @@ def test_rope_rotates_interleaved_pairs():
     from parcae_lm.model.layers import apply_rope, rope_real, rope_table
 
     x = torch.randn(2, 5, 3, 8)
-    table = rope_table(5, 8, 50000.0, 1.0)
+    table = torch.view_as_real(rope_table(5, 8, 50000.0, 1.0))  # (cos, sin) pairs [T, D/2, 2]
     out = apply_rope(x, table)
     # the real-arithmetic form used under torch.compile, with shared and per-row tables
     torch.testing.assert_close(rope_real(x, table), out, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(rope_real(x, table.expand(2, 5, 4)), out, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rope_real(x, table.expand(2, 5, 4, 2)), out, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(apply_rope(x, table.expand(2, 5, 4, 2).contiguous()), out)
     pos = torch.arange(5.0)[:, None]
     theta = pos * 50000.0 ** (-torch.arange(0, 8, 2) / 8)  # [T, D/2]
     a, b = x[..., 0::2], x[..., 1::2]

@@ -1,7 +1,9 @@
-"""Process-level CPU settings: a training step stops page-faulting its large activations back in."""
+"""Process-level CPU settings: a plain training loop stops page-faulting its large activations back in,
+because building a model applies the allocator tuning (no call needed from the user)."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -9,11 +11,9 @@ import sys
 import pytest
 
 SCRIPT = """
-import resource, sys, torch
-from parcae_lm.runtime import keep_freed_memory
-if sys.argv[1] == "keep":
-    assert keep_freed_memory() and keep_freed_memory()  # applies, and is idempotent
+import resource, torch
 import parcae_lm
+from parcae_lm.runtime import keep_freed_memory
 model = parcae_lm.create_model("parcae-micro", vocab_size=32768, init_strategy="scaled").train()
 x = torch.randint(0, 32768, (4, 64))  # [256, 32768] fp32 logits: 32 MiB, above glibc's mmap threshold
 def faults_per_step():
@@ -22,15 +22,21 @@ def faults_per_step():
     model(x, labels=x)["loss"].backward()
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 faults_per_step(); faults_per_step()  # warm-up
-print(min(faults_per_step() for _ in range(3)))
+print(min(faults_per_step() for _ in range(3)), keep_freed_memory())
 """
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt tuning is glibc-specific")
-def test_keep_freed_memory_stops_per_step_page_faults():
-    def faults(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True)
-        return int(out.stdout.strip())
+def test_a_plain_training_loop_stops_per_step_page_faults():
+    def run(setting: str) -> tuple[int, str]:
+        env = {**os.environ, "PARCAE_KEEP_FREED_MEMORY": setting}
+        out = subprocess.run(
+            [sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True, env=env
+        )
+        faults, applied = out.stdout.split()
+        return int(faults), applied
 
-    assert faults("default") > 8192  # ≥ 32 MiB of fresh pages every step
-    assert faults("keep") < 100  # freed blocks are reused from the heap
+    faults, applied = run("0")  # the opt-out
+    assert applied == "False" and faults > 8192  # ≥ 32 MiB of fresh pages every step
+    faults, applied = run("1")
+    assert applied == "True" and faults < 100  # freed blocks are reused from the heap

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from parcae_lm.config import create_config
-from parcae_lm.model import build_model
 from parcae_lm.errors import CheckpointError, ConfigError, TrainingError
+from parcae_lm.model import build_model
 from parcae_lm.train import trainer as trainer_mod
 from parcae_lm.train.config import Precision, RunConfig
 from parcae_lm.train.distributed import DistInfo

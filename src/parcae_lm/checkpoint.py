@@ -1,4 +1,5 @@
-"""Loading and saving models: ours (config.json + model.safetensors) and the authors' formats.
+"""Loading and saving models: ours (config.json + model.safetensors) and the authors' formats, and
+`load_run`, the one loader of "model + tokenizer + metadata" from a run directory, export or hub id.
 
 Accepted on load: a local directory or a hub id; `config.json` with or without `_class_name`; weights in
 `model.safetensors`, `pytorch_model.bin`, `model.pt` or `model.bin`, optionally nested as {"model": ...};
@@ -13,19 +14,25 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import Tensor
 
 from parcae_lm.config import ModelConfig, from_dict
 from parcae_lm.download import hub_snapshot
-from parcae_lm.errors import CheckpointError, ConfigError
+from parcae_lm.errors import CheckpointError, ConfigError, TokenizerError
 from parcae_lm.model import LanguageModel, build_model
 from parcae_lm.model.layers import rope_table
+from parcae_lm.tokenizer import TOKENIZER_FILE, Tokenizer
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.bin")
+TOKENIZER_DIR = "tokenizer"  # where a run directory (and save_pretrained with a tokenizer) keeps it
+# What a hub download fetches: the config, the weights and the tokenizer (in its folder or at the root).
+HUB_PATTERNS = ["*.json", *WEIGHT_FILES, f"{TOKENIZER_DIR}/*"]
 _WRAPPER_COMPONENTS = {"module", "_orig_mod", "_forward_module", "model"}
 
 
@@ -83,9 +90,61 @@ def resolve_directory(name_or_path: str | Path) -> Path:
     if path.exists():
         raise CheckpointError(f"{path} is a file; expected a directory with config.json and weights")
     text = str(name_or_path)
-    if text.count("/") != 1 or text.startswith((".", "/", "~")):
-        raise CheckpointError(f"{text} is neither a local directory nor a hub id of the form 'org/name'")
-    return hub_snapshot(text, allow_patterns=["*.json", *WEIGHT_FILES])
+    # A hub id is exactly 'org/name'; anything else, or an 'org' that is a local folder, is a local path.
+    if text.count("/") != 1 or text.startswith((".", "/", "~")) or Path(text.split("/")[0]).is_dir():
+        raise CheckpointError(
+            f"model directory {path} does not exist: neither a local directory nor a hub id 'org/name'"
+        )
+    return hub_snapshot(text, allow_patterns=HUB_PATTERNS)
+
+
+@dataclass
+class Run:
+    """A model ready to use with its tokenizer and whatever its directory says about how it was made."""
+
+    model: LanguageModel
+    tokenizer: Tokenizer
+    directory: Path
+    meta: dict[str, Any] = field(default_factory=dict)  # "run_config" (config.yaml), "summary" (summary.json)
+
+
+def load_run(
+    name_or_path: str | Path,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    tokenizer: str | Path | None = None,
+) -> Run:
+    """Model + tokenizer + metadata from a run directory, a `save_pretrained`/exported directory or a hub id.
+
+    The tokenizer is `tokenizer` if given, else the directory's `tokenizer/` folder (run directories) or
+    its top-level tokenizer.json (exports and hub repos). The model is in eval mode."""
+    directory = resolve_directory(name_or_path)
+    tok = load_tokenizer(directory, tokenizer)  # first: it is quick, and a missing one fails fast
+    model = from_pretrained(directory, device=device, dtype=dtype)
+    return Run(model, tok, directory, _run_meta(directory))
+
+
+def load_tokenizer(directory: Path, explicit: str | Path | None = None) -> Tokenizer:
+    candidates = [Path(explicit)] if explicit is not None else [directory / TOKENIZER_DIR, directory]
+    for path in candidates:
+        if (path / TOKENIZER_FILE).is_file():
+            return Tokenizer.load(path)
+    looked = " or ".join(str(p / TOKENIZER_FILE) for p in candidates)
+    raise TokenizerError(
+        f"no tokenizer for {directory}: looked for {looked}; pass --tokenizer DIR (tokenizer=DIR in Python)"
+    )
+
+
+def _run_meta(directory: Path) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    try:
+        if (directory / "config.yaml").is_file():
+            meta["run_config"] = yaml.safe_load((directory / "config.yaml").read_text())
+        if (directory / "summary.json").is_file():
+            meta["summary"] = json.loads((directory / "summary.json").read_text())
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"unreadable run metadata in {directory}: {e}") from None
+    return meta
 
 
 def load_state_dict_file(directory: Path) -> dict[str, Tensor]:

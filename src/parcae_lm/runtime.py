@@ -1,18 +1,26 @@
-"""Process-level CPU tuning that the `parcae` CLI applies once at start-up.
+"""Process-level settings and measurements of the machine: CPU allocator tuning, the matmul peak that MFU
+is measured against, device synchronisation and peak memory.
+
+`keep_freed_memory`, applied once per process when the first model is built:
 
 glibc's malloc serves large blocks (the 32 MiB head chunks, the [tokens, 4·d] MLP activations) with
 fresh `mmap`s and unmaps them on free, so every training step page-faults its activations back in: on
 the model-library benchmark that is ~25% of the step (measured: 0.89 → 0.66 s/step on 2 threads).
 Raising the mmap and trim thresholds makes freed blocks stay in the heap and be reused. The cost is that
 the process keeps its peak footprint instead of returning memory to the OS between steps, which is what a
-training or benchmark process wants anyway. Library users can call `keep_freed_memory()` themselves.
+training or benchmark process wants anyway. Set PARCAE_KEEP_FREED_MEMORY=0 to leave malloc alone.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import platform
+import resource
+import time
+
+import torch
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameter ids from glibc's <malloc.h>
 _M_MMAP_THRESHOLD = -3
@@ -26,6 +34,8 @@ def keep_freed_memory() -> bool:
     global _applied
     if _applied:
         return True
+    if os.environ.get("PARCAE_KEEP_FREED_MEMORY", "1") == "0":
+        return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
@@ -36,3 +46,34 @@ def keep_freed_memory() -> bool:
         return False
     _applied = ok
     return ok
+
+
+def matmul_peak_flops(device: str | torch.device = "cpu", size: int = 2048, seconds: float = 1.0) -> float:
+    """Best sustained FLOP/s of an n×n matmul (fp32 on CPU, bf16 on CUDA), over ~`seconds`."""
+    device = torch.device(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    c = torch.empty(size, size, device=device, dtype=dtype)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    for _ in range(2):
+        torch.mm(a, b, out=c)  # warm up
+    while best == 0.0 or time.perf_counter() < deadline:  # at least one timed matmul, even on a busy machine
+        sync_device(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        sync_device(device)
+        best = max(best, 2 * size**3 / (time.perf_counter() - t0))
+    return best
+
+
+def sync_device(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak allocated memory on CUDA; the process's peak resident set on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from parcae_lm.errors import ParcaeError
-from parcae_lm.runtime import keep_freed_memory
 
 # Command-group modules, in the order they appear in `parcae --help`.
 GROUPS = ["model", "data", "train", "eval", "scaling", "infer"]
@@ -32,11 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    keep_freed_memory()  # reuse freed activations instead of page-faulting them back in every step
-    if getattr(args, "token_by_token", False) and "torch" not in sys.modules:
-        # One-token decode steps are chains of tiny ops: OpenMP workers that sleep between them pay a
-        # wake-up on every matmul (decode 120 → 200 tok/s on the benchmark). Training is not helped.
-        os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
     try:
         return int(args.func(args) or 0)
     except ParcaeError as e:

@@ -101,18 +101,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def load_model_and_tokenizer(path: Path, tokenizer_dir: Path | None, device: str | None):
     import torch
 
-    import parcae_lm
-    from parcae_lm.tokenizer import Tokenizer
+    from parcae_lm.checkpoint import load_run
 
-    if not path.is_dir():
-        raise EvalError(f"model directory {path} does not exist")
-    tok_dir = tokenizer_dir or path / "tokenizer"
-    if not tok_dir.is_dir():
-        raise EvalError(f"no tokenizer at {tok_dir}: pass --tokenizer DIR (MODEL is not a run directory)")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = parcae_lm.from_pretrained(path, device=device)
-    model.eval()
-    return model, Tokenizer.load(tok_dir)
+    run = load_run(
+        path, device=device or ("cuda" if torch.cuda.is_available() else "cpu"), tokenizer=tokenizer_dir
+    )
+    return run.model, run.tokenizer
 
 
 def _out_dir(args: argparse.Namespace) -> Path:

@@ -23,7 +23,6 @@ from parcae_lm.errors import ConfigError
 def register(subparsers: argparse._SubParsersAction) -> None:
     grp = subparsers.add_parser("infer", help="adaptive depth, KV-cache strategies, quantization, export")
     sub = grp.add_subparsers(dest="infer", metavar="WHAT")
-    grp.set_defaults(token_by_token=True)
 
     def data_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("model", help="run / save_pretrained directory")
@@ -74,9 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _setup(args):
     import torch
 
-    from parcae_lm.checkpoint import from_pretrained
+    from parcae_lm.checkpoint import load_run
     from parcae_lm.infer.quality import validation_batches
-    from parcae_lm.tokenizer import Tokenizer
 
     if args.threads is not None:
         if args.threads < 1:
@@ -85,9 +83,8 @@ def _setup(args):
     for name in ("seq_len", "batch_size", "batches"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
-    model = from_pretrained(args.model)
-    tok_dir = Path(args.tokenizer or Path(args.model) / "tokenizer")
-    token_bytes = Tokenizer.load(tok_dir).token_bytes()
+    run = load_run(args.model, tokenizer=args.tokenizer)
+    model, token_bytes = run.model, run.tokenizer.token_bytes()
     shards = args.shards
     if shards is None:
         from parcae_lm.data.default import prepare_default
@@ -118,8 +115,8 @@ def _parse_floats(text: str, what: str) -> list[float]:
 
 def cmd_adaptive_eval(args) -> int:
     from parcae_lm.infer.adaptive import ExitCriterion, ExitRule
-    from parcae_lm.infer.kv_cache import CacheStrategy
     from parcae_lm.infer.quality import adaptive_sweep, plot_quality_compute
+    from parcae_lm.model import CacheStrategy
 
     thresholds = _parse_floats(args.thresholds, "--thresholds")
     criterion = ExitCriterion(args.criterion)
@@ -147,8 +144,8 @@ def cmd_adaptive_eval(args) -> int:
 
 def cmd_cache_eval(args) -> int:
     from parcae_lm.infer.adaptive import ExitRule
-    from parcae_lm.infer.kv_cache import CacheStrategy
     from parcae_lm.infer.quality import stepwise_bpb
+    from parcae_lm.model import CacheStrategy
 
     strategies = [CacheStrategy.parse(s.strip()) for s in args.strategies.split(",") if s.strip()]
     if not strategies:
@@ -171,16 +168,16 @@ def cmd_cache_eval(args) -> int:
 def cmd_quantize(args) -> int:
     import torch
 
-    from parcae_lm.infer.engine import Engine
     from parcae_lm.infer.export import quantize_int8, state_dict_bytes
     from parcae_lm.infer.quality import stepwise_bpb
+    from parcae_lm.model import Decoder
 
     model, token_bytes, batches = _setup(args)
     qmodel = quantize_int8(model)
     rows = []
     for name, m in (("fp32", model), ("int8-dynamic", qmodel)):
         r = stepwise_bpb(m, batches, token_bytes, label=name, progress=True)
-        eng = Engine(m, 1, 16 + args.new_tokens)
+        eng = Decoder(m, 1, 16 + args.new_tokens)
         logits = eng.prefill(torch.zeros(1, 16, dtype=torch.long))
         t0 = time.perf_counter()
         for _ in range(args.new_tokens):

@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="decode through one static-shape compiled step (full cache only)",
     )
-    p.set_defaults(func=cmd_generate, token_by_token=True)
+    p.set_defaults(func=cmd_generate)
 
     bench = sub.add_parser("bench", help="throughput benchmarks").add_subparsers(dest="bench", metavar="WHAT")
     p = bench.add_parser("train", help="forward+backward tok/s, MFU vs measured matmul peak, peak memory")
@@ -78,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", default="full", help="KV cache strategy: full, last, first-last, ring-N")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.set_defaults(func=cmd_bench_generate, token_by_token=True)
+    p.set_defaults(func=cmd_bench_generate)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -107,7 +107,7 @@ def _load_config(name: str, overrides: dict):
 
 def cmd_info(args) -> int:
     from parcae_lm.config import ParcaeConfig
-    from parcae_lm.flops import inference_flops, training_flops
+    from parcae_lm.model.flops import inference_flops, training_flops
 
     cfg = _load_config(args.model, parse_overrides(args.set))
     br = training_flops(cfg, args.seq_len)
@@ -147,25 +147,15 @@ def cmd_info(args) -> int:
     return 0
 
 
-def load_tokenizer(model_dir: str, tokenizer_dir: str | None):
-    from parcae_lm.errors import TokenizerError
-    from parcae_lm.tokenizer import Tokenizer
-
-    path = Path(tokenizer_dir) if tokenizer_dir else Path(model_dir) / "tokenizer"
-    if not path.exists():
-        raise TokenizerError(f"no tokenizer at {path}; pass --tokenizer DIR")
-    return Tokenizer.load(path)
-
-
 def cmd_generate(args) -> int:
     import torch
 
-    from parcae_lm.checkpoint import from_pretrained
+    from parcae_lm.checkpoint import load_run
 
     if args.num_samples < 1:
         raise ConfigError("--num-samples must be ≥ 1")
-    model = from_pretrained(args.model, device=args.device)
-    tok = load_tokenizer(args.model, args.tokenizer)
+    run = load_run(args.model, device=args.device, tokenizer=args.tokenizer)
+    model, tok = run.model, run.tokenizer
     ids = [tok.bos_id, *tok.encode(args.prompt)]
     prompt = torch.tensor([ids] * args.num_samples, device=args.device)
     g = torch.Generator(device=args.device).manual_seed(args.seed)
@@ -210,15 +200,53 @@ def cmd_generate(args) -> int:
 
 
 def cmd_bench_generate(args) -> int:
-    from parcae_lm.infer.bench import cmd_bench_generate as run
+    import torch
 
-    return run(args)
+    from parcae_lm.bench.generate import (
+        bench_generate,
+        format_table,
+        load_model_or_default,
+        parse_batch_sizes,
+    )
+    from parcae_lm.files import atomic_write_text
+    from parcae_lm.model import CacheStrategy
+    from parcae_lm.runtime import matmul_peak_flops
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be ≥ 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    sizes = parse_batch_sizes(args.batch_sizes)
+    strategy = CacheStrategy.parse(args.cache)
+    model, name = load_model_or_default(args.model, args.device)
+    peak = matmul_peak_flops(model.device, seconds=2.0)
+    results = [
+        bench_generate(
+            model, args.prompt_len, args.new_tokens, b, args.num_steps, strategy, args.compile, peak_flops=peak, name=name
+        )
+        for b in sizes
+    ]
+    r0 = results[0]
+    print(
+        f"{name}: {r0.params / 1e6:.2f}M params, prompt {args.prompt_len} + {args.new_tokens} new tokens, "
+        f"recurrence {r0.num_steps}, cache {r0.cache_strategy}, {r0.threads} threads"
+        f"{', compiled' if args.compile else ''}; matmul peak {peak / 1e9:.1f} GFLOP/s, "
+        f"{r0.flops_per_token / 1e6:.1f} MFLOP/token"
+    )
+    print(format_table(results))
+    for r in results:
+        if r.compile_seconds is not None:
+            print(f"batch {r.batch_size}: decode step compiled in {r.compile_seconds:.1f} s")
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
 
 
 def cmd_bench_train(args) -> int:
     import torch
 
-    from parcae_lm.bench import bench_config, bench_training
+    from parcae_lm.bench.train import bench_config, bench_training
     from parcae_lm.config import create_config
 
     if args.threads:

@@ -241,7 +241,7 @@ def _register_sweep(subparsers) -> None:
         "sweep",
         help="run a grid of training runs from a sweep YAML (resumable), or emit torchrun/Slurm commands",
         description="Expand SWEEP.yaml (base run config + axes) into runs, derive each point's steps from its "
-        "budget (FLOPs via parcae_lm.flops), run the unfinished points one after another and write "
+        "budget (FLOPs via parcae_lm.model.flops), run the unfinished points one after another and write "
         "results.csv / results.jsonl (the columns `parcae fit` reads).",
     )
     p.add_argument("sweep", type=Path, help="sweep file (YAML: name, base, overrides, axes)")

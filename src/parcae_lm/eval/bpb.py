@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from parcae_lm.data.loader import iter_eval_batches
 from parcae_lm.errors import EvalError
 from parcae_lm.eval.common import EvalTokenizer, bos_token, forward_logits, model_device, pad_token
 
@@ -174,8 +175,6 @@ def check_byte_accounting(tokenizer: EvalTokenizer, documents: Sequence[str]) ->
 
 
 def shard_batches(shard_dir: Path, split: str, seq_len: int, batch_size: int) -> Iterator[Batch]:
-    from parcae_lm.data.loader import iter_eval_batches
-
     yield from iter_eval_batches(shard_dir, split, batch_size, seq_len, with_doc_ids=True)
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import sys
 import warnings
-from pathlib import Path
 
 import torch
 
@@ -37,6 +36,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise EvalError("the lm-eval adapter needs lm-evaluation-harness: pip install 'parcae-lm[eval]'") from e
 
+from parcae_lm.checkpoint import load_run
 from parcae_lm.eval.common import EvalTokenizer, bos_token, forward_logits, model_device, pad_token
 from parcae_lm.eval.core import Row, score_rows
 
@@ -60,15 +60,12 @@ class ParcaeLM(LM):
         if model is None:
             if pretrained is None:
                 raise EvalError("model_args needs pretrained=DIR (a run or save_pretrained directory)")
-            from parcae_lm.cli.eval import load_model_and_tokenizer
-
             if device and device.startswith("cuda") and not torch.cuda.is_available():
                 # lm-eval's CLI asks for cuda by default; like its HF model, fall back to the CPU
                 warnings.warn(f"device {device!r} is not available; using cpu", stacklevel=2)
                 device = "cpu"
-            model, tokenizer_obj = load_model_and_tokenizer(
-                Path(pretrained), Path(tokenizer) if tokenizer else None, device
-            )
+            run = load_run(pretrained, device=device, tokenizer=tokenizer)
+            model, tokenizer_obj = run.model, run.tokenizer
         if tokenizer_obj is None:
             raise EvalError("ParcaeLM needs a tokenizer (tokenizer=DIR or tokenizer_obj=...)")
         self.model = model.eval()

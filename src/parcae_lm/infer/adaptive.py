@@ -40,9 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from parcae_lm.errors import ConfigError
-from parcae_lm.infer.engine import Engine, greedy_decode
-from parcae_lm.infer.kv_cache import FULL_CACHE, CacheStrategy
-from parcae_lm.model import LanguageModel, Parcae
+from parcae_lm.model import FULL_CACHE, CacheStrategy, Decoder, LanguageModel, Parcae, sample_next
+from parcae_lm.model.decode import decode
 
 
 class ExitCriterion(enum.StrEnum):
@@ -96,7 +95,10 @@ class DepthStats:
 
 class AdaptiveDecoder:
     """Token-by-token decoding with per-token, per-row exit. `step` returns logits [B, V]; `last_depths`
-    holds the iterations each row used for that token and `stats` accumulates over the decoder's life."""
+    holds the iterations each row used for that token and `stats` accumulates over the decoder's life.
+
+    It drives the model's own forward pieces (`Parcae.prelude`, `core_step`, `coda`) one iteration at a
+    time, on the rows still iterating, with the model's KV cache."""
 
     def __init__(
         self,
@@ -108,48 +110,52 @@ class AdaptiveDecoder:
     ) -> None:
         if not isinstance(model, Parcae):
             raise ConfigError("adaptive depth needs a looped (Parcae) model")
-        self.rule = rule
+        self.model, self.rule = model, rule
         self.max_steps = rule.max_steps or model.config.mean_recurrence
-        self.engine = Engine(model, batch_size, max_len, self.max_steps, strategy)
+        self.decoder = Decoder(model, batch_size, max_len, self.max_steps, strategy)  # prefill: full depth
+        self.cache = self.decoder.cache
         self.stats = DepthStats()
         self.last_depths: Tensor | None = None
 
     @torch.no_grad()
     def prefill(self, ids: Tensor) -> Tensor:
-        return self.engine.prefill(ids)
+        return self.decoder.prefill(ids)
 
     @torch.no_grad()
     def step(self, token: Tensor, budget: Tensor | None = None) -> Tensor:
-        eng, rule, R = self.engine, self.rule, self.max_steps
-        B = token.shape[0]
-        device = token.device
-        pos = eng.pos
-        if pos + 1 > eng.cache.max_len:
-            raise ValueError(f"KV cache overflow: position {pos + 1} > max_len={eng.cache.max_len}")
+        model, rule, R, cache = self.model, self.rule, self.max_steps, self.cache
+        B, device, pos = token.shape[0], token.device, self.decoder.pos
+        if pos + 1 > cache.length:
+            raise ValueError(f"KV cache overflow: position {pos + 1} > max_len={cache.length}")
         cap = torch.full((B,), R, dtype=torch.long, device=device)
         if budget is not None:
             if budget.shape != (B,) or int(budget.min()) < 1:
                 raise ConfigError(f"budget must be a LongTensor [B] of values ≥ 1, got {budget.tolist()}")
             cap = torch.minimum(cap, budget.to(device))
         ids = token[:, None]
-        e = eng.prelude_out(ids, pos)
-        h, u = eng.initial_state(B, 1, pos, e), eng.inject_input(e)
-        ves = eng.core_values(ids)
+        input_pos = torch.tensor([pos], device=device)
+        ctx, ctx_core = model.contexts(1, device, input_pos, None, input_pos, pos + 1)
+        e = model.prelude(ids, ctx, cache)
+        h, u, ves = (
+            model.initial_state(e, input_pos),
+            model.transformer.adapter.prepare(e),
+            model.core_values(ids),
+        )
         depth = torch.zeros(B, dtype=torch.long, device=device)
         active = torch.arange(B, device=device)
         kl = rule.criterion == ExitCriterion.KL
-        logits = torch.empty(B, eng.vocab_size, device=device) if kl else None
+        logits = torch.empty(B, model.config.padded_vocab_size, device=device) if kl else None
         prev_logp: Tensor | None = None
         for r in range(R):
             full = active.numel() == B
-            rows = None if full else active
             hh, uu = (h, u) if full else (h[active], u[active])
             vv = ves if full else [None if v is None else v[active] for v in ves]
-            new = eng.iterate(hh, uu, vv, pos, r, rows)
+            new = model.core_step(hh, uu, vv, ctx_core if full else ctx_core.subset(active), cache, r)
             depth[active] += 1
             done = depth[active] >= cap[active]
             if kl:
-                lp = F.log_softmax(eng.logits(eng.coda_out(new, ids[active], pos, rows)[:, 0]), -1)
+                readout = model.coda(new, ids[active], ctx if full else ctx.subset(active), cache)
+                lp = F.log_softmax(model.head(readout, None, True)["logits"][:, 0], -1)
                 logits[active] = lp
                 if prev_logp is not None and r + 1 >= rule.min_steps:
                     div = (lp.exp() * (lp - prev_logp)).sum(-1)
@@ -174,16 +180,16 @@ class AdaptiveDecoder:
             # The last probe of each row read out its final state; its coda K/V were written then too.
             out = logits
         else:
-            out = eng.logits(eng.coda_out(h, ids, pos)[:, 0])
-        eng.cache.advance(1)
+            out = model.head(model.coda(h, ids, ctx, cache), None, True)["logits"][:, 0]
+        self.decoder.pos += 1
         self.last_depths = depth
         self.stats.add(depth)
         return out
 
     def _fill_skipped_kv(self, depth: Tensor, pos: int) -> None:
         """Rows that stopped after d < max iterations present iteration d−1's K/V at iterations d.. ."""
-        eng, R = self.engine, self.max_steps
-        cache = eng.cache
+        cache, R = self.cache, self.max_steps
+        n_core = self.model.config.n_layers_in_recurrent_block
         for d in torch.unique(depth).tolist():
             if d >= R:
                 continue
@@ -192,10 +198,8 @@ class AdaptiveDecoder:
             for r in range(d, R):
                 if cache.strategy.slot_of(r, R) == src_slot:
                     continue
-                for layer in range(len(eng.core)):
-                    src, dst = cache.core_slot(d - 1, layer), cache.core_slot(r, layer)
-                    dst.k[rows, :, pos] = src.k[rows, :, pos]
-                    dst.v[rows, :, pos] = src.v[rows, :, pos]
+                for layer in range(n_core):
+                    cache.core_layer(r, layer).copy_position(cache.core_layer(d - 1, layer), rows, pos)
 
 
 @torch.no_grad()
@@ -215,5 +219,6 @@ def adaptive_generate(
         )
     dec = AdaptiveDecoder(model, B, T + max_new_tokens, rule, strategy)
     step = functools.partial(dec.step, budget=budget)
-    out = greedy_decode(dec.prefill, step, input_ids, max_new_tokens, model.config.vocab_size)
+    greedy = functools.partial(sample_next, temperature=0.0)
+    out = decode(dec.prefill, step, input_ids, max_new_tokens, model.config.vocab_size, greedy)
     return out, dec.stats

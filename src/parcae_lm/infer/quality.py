@@ -16,15 +16,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm import tqdm
 
+from parcae_lm.data.loader import iter_eval_batches
 from parcae_lm.errors import EvalError
 from parcae_lm.infer.adaptive import AdaptiveDecoder, ExitCriterion, ExitRule
-from parcae_lm.infer.kv_cache import FULL_CACHE, CacheStrategy
-from parcae_lm.model import LanguageModel
-
-IGNORE_INDEX = -100
+from parcae_lm.model import FULL_CACHE, IGNORE_INDEX, CacheStrategy, LanguageModel
 
 
 @dataclass
@@ -62,7 +61,7 @@ def stepwise_bpb(
         x, y = batch[0].to(model.device), batch[1].to(model.device)
         B, T = x.shape
         dec = AdaptiveDecoder(model, B, T, rule, strategy)
-        kv_bytes, max_steps = dec.engine.cache.memory_bytes(), dec.max_steps
+        kv_bytes, max_steps = dec.cache.memory_bytes(), dec.max_steps
         valid = y != IGNORE_INDEX
         tb = torch.where(valid, token_bytes[y.clamp(min=0)], 0)
         for t in range(T):
@@ -97,8 +96,6 @@ def validation_batches(
 ) -> list[tuple[Tensor, ...]]:
     """The first `num_batches` batches of the validation split (no document masking: a cache sees one
     stream per row)."""
-    from parcae_lm.data.loader import iter_eval_batches
-
     out = []
     for batch in iter_eval_batches(shard_dir, "val", batch_size, seq_len):
         out.append(batch)
@@ -133,12 +130,8 @@ def adaptive_sweep(
 
 def plot_quality_compute(results: list[StepwiseResult], path, title: str = "") -> None:
     """bpb vs mean core iterations per token: fixed depths as a line, each exit criterion as points."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     series: dict[str, list[StepwiseResult]] = {}
     for r in results:
         series.setdefault(r.label.rsplit("-", 1)[0], []).append(r)
@@ -153,4 +146,3 @@ def plot_quality_compute(results: list[StepwiseResult], path, title: str = "") -
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

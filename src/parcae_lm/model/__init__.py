@@ -1,13 +1,25 @@
-"""Parcae and GPT models."""
+"""Parcae and GPT models, their KV caches and decoding."""
 
-from parcae_lm.config import ModelConfig, ParcaeConfig
+from parcae_lm.model.build import build_model, create_model
+from parcae_lm.model.decode import Decoder, generate, sample_next
 from parcae_lm.model.gpt import GPT
-from parcae_lm.model.lm import IGNORE_INDEX, LanguageModel
+from parcae_lm.model.kv_cache import FULL_CACHE, CacheStrategy, KVCache, ModelCache
+from parcae_lm.model.lm import LanguageModel
+from parcae_lm.model.loss import IGNORE_INDEX
 from parcae_lm.model.parcae import Parcae
 
-
-def build_model(config: ModelConfig) -> LanguageModel:
-    return Parcae(config) if isinstance(config, ParcaeConfig) else GPT(config)
-
-
-__all__ = ["GPT", "IGNORE_INDEX", "LanguageModel", "Parcae", "build_model"]
+__all__ = [
+    "FULL_CACHE",
+    "GPT",
+    "IGNORE_INDEX",
+    "CacheStrategy",
+    "Decoder",
+    "KVCache",
+    "LanguageModel",
+    "ModelCache",
+    "Parcae",
+    "build_model",
+    "create_model",
+    "generate",
+    "sample_next",
+]

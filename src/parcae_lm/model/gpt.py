@@ -7,6 +7,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from parcae_lm.config import GPTConfig
+from parcae_lm.errors import ConfigError
+from parcae_lm.model.kv_cache import FULL_CACHE, CacheStrategy, ModelCache
 from parcae_lm.model.layers import Block, embedding, has_value_embedding, init_block, make_norm
 from parcae_lm.model.lm import LanguageModel
 from parcae_lm.model.recurrence import TrainDraw
@@ -14,6 +16,7 @@ from parcae_lm.model.recurrence import TrainDraw
 
 class GPT(LanguageModel):
     config: GPTConfig
+    config_class = GPTConfig
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__(config)
@@ -54,29 +57,47 @@ class GPT(LanguageModel):
         doc_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
-        kv_cache=None,
+        kv_cache: ModelCache | None = None,
         num_steps=None,
+        *,
+        input_pos: Tensor | None = None,
+        input_pos_maxp1: int | None = None,
+        logits_to_keep: int = 0,
         draw: TrainDraw | None = None,
         diagnostics: bool = False,
     ) -> dict[str, Tensor | None]:
-        """Returns {"loss", "logits", "log_ppl"}. `num_steps`, `draw` and `diagnostics` are accepted so code
-        can call Parcae and GPT alike: GPT has no loop, so num_steps must be None and the others do nothing."""
+        """Returns {"loss", "logits", "log_ppl"}; the arguments mean what they mean for `Parcae.forward`.
+        GPT has no loop: `num_steps` must be None, and `draw` and `diagnostics` change nothing (they are
+        accepted so code can call Parcae and GPT alike)."""
         if num_steps is not None:
             raise ValueError("GPT has no recurrence: num_steps must be None")
         B, T = input_ids.shape
+        positions = self.positions(input_ids, position_ids, kv_cache, input_pos)
         if kv_cache is not None:
-            mask, offset = kv_cache.causal_mask(T, input_ids.device), kv_cache.pos
+            if doc_ids is not None or attention_mask is not None:
+                raise ValueError(
+                    "cached decoding takes no doc_ids/attention_mask (rows are separate sequences)"
+                )
+            mask = self.cache_mask(input_pos, kv_cache.length, input_pos_maxp1)
         else:
-            mask, offset = self.attention_mask(doc_ids, attention_mask, T, input_ids.device), 0
-        ctx = self.attn_context(self.config.head_size, T, input_ids.device, offset, position_ids, mask)
+            mask = self.attention_mask(doc_ids, attention_mask, T, input_ids.device)
+        ctx = self.attn_context(
+            self.config.head_size, T, input_ids.device, positions, mask, input_pos, input_pos_maxp1
+        )
         x = self.transformer.wte(input_ids)
         for i, block in enumerate(self.transformer.h):
-            ve = self.value_embeds[str(i)](input_ids) if str(i) in self.value_embeds else None
-            slot = None if kv_cache is None else kv_cache.slot(i)
-            if self.activation_checkpointing and torch.is_grad_enabled() and slot is None:
+            ve = self.value_embedding(i, input_ids)
+            if kv_cache is not None:
+                x = block(x, ctx, ve, kv_cache.prelude[i])
+            elif self.activation_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, ctx, ve, use_reentrant=False)
             else:
-                x = block(x, ctx, ve, slot)
-        if kv_cache is not None:
-            kv_cache.advance(T)
-        return self.head(self.transformer.ln_f(x), labels, return_logits)
+                x = block(x, ctx, ve)
+        return self.head(self.transformer.ln_f(x), labels, return_logits, logits_to_keep)
+
+    def _new_kv_cache(self, caches, num_steps: int | None, strategy: CacheStrategy) -> ModelCache:
+        if num_steps is not None:
+            raise ValueError("GPT has no recurrence: num_steps must be None")
+        if strategy != FULL_CACHE:
+            raise ConfigError("GPT has no recurrence: only the full cache strategy applies")
+        return ModelCache(caches(self.transformer.h))

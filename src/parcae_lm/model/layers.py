@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from parcae_lm.config import Activation, InitStrategy, ModelConfig, Norm
+from parcae_lm.model.kv_cache import KVCache
 
 VE_GATE_CHANNELS = 32  # the value-embedding gate reads only the first 32 channels of the normed input
 
@@ -64,38 +65,52 @@ def rope_table(length: int, head_size: int, base: float, condense: float, device
 
 
 def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
-    """x: [B, T, H, D]; freqs: [T, D/2] or [B, T, D/2] complex. The pair (a, b) is the number a + ib,
-    so one complex multiply gives (a cos − b sin, b cos + a sin), computed in fp32."""
+    """x: [B, T, H, D]; freqs: (cos, sin) pairs [T, D/2, 2] or [B, T, D/2, 2] (`view_as_real` of
+    `rope_table`). The pair (a, b) is the number a + ib, so one complex multiply gives
+    (a cos − b sin, b cos + a sin), computed in fp32."""
     if torch.compiler.is_compiling():
         return rope_real(x, freqs)
     xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(xc * freqs.unsqueeze(-2)).flatten(-2).type_as(x)
+    return torch.view_as_real(xc * torch.view_as_complex(freqs).unsqueeze(-2)).flatten(-2).type_as(x)
 
 
 def rope_real(x: Tensor, freqs: Tensor) -> Tensor:
     """The same rotation in real arithmetic. Inductor cannot generate code for complex tensors but fuses
     this into one kernel; in eager mode the strided real version is the slower of the two."""
-    cos, sin = torch.view_as_real(freqs).unsqueeze(-3).unbind(-1)  # each [.., T, 1, D/2]
+    cos, sin = freqs.unsqueeze(-3).unbind(-1)  # each [.., T, 1, D/2]
     a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)
     return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2).type_as(x)
 
 
 @dataclass
 class AttnContext:
-    """Per-forward attention inputs shared by all blocks of one width: RoPE rotations and the mask.
+    """Per-forward attention inputs shared by all blocks of one width.
 
-    `mask` is None for plain causal attention, else a bool tensor [B, 1, Tq, Tk] (True = attend).
+    freqs: RoPE (cos, sin) for the queries' positions, [T, D/2, 2] or [B, T, D/2, 2].
+    mask: None for plain causal attention (or, with a cache, for attending to every key it returns), else
+        a bool tensor [B or 1, 1, Tq, Tk] (True = attend).
+    input_pos: with a KV cache, where the new keys and values go ([T], or [B, T] per row).
+    kv_length: with a KV cache, how many leading positions attention reads (None: the whole buffer, whose
+        unwritten entries the mask hides — every step then has the same shapes, which compiled decoding needs).
+    rows: with a KV cache, which of its rows this forward computes (None: all, in order).
     """
 
     freqs: Tensor
     mask: Tensor | None = None
+    input_pos: Tensor | None = None
+    kv_length: int | None = None
+    rows: Tensor | None = None
 
-    def rows(self, sl: slice | Tensor) -> AttnContext:
-        """The same context restricted to a subset of batch rows (for depth-dependent execution)."""
-        if self.mask is None and self.freqs.dim() == 2:
-            return self
-        freqs = self.freqs if self.freqs.dim() == 2 else self.freqs[sl]
-        return AttnContext(freqs, None if self.mask is None else self.mask[sl])
+    def subset(self, idx: Tensor | slice) -> AttnContext:
+        """The same context restricted to batch rows `idx` (depth-dependent execution, adaptive decoding).
+        Per-row tensors are cut; tensors shared by all rows stay as they are."""
+        freqs = self.freqs[idx] if self.freqs.dim() == 4 else self.freqs
+        mask = self.mask[idx] if self.mask is not None and self.mask.shape[0] > 1 else self.mask
+        input_pos, rows = self.input_pos, self.rows
+        if input_pos is not None:  # cached: the cache must know which of its rows are computed
+            input_pos = input_pos[idx] if input_pos.dim() == 2 else input_pos
+            rows = idx if rows is None else rows[idx]
+        return AttnContext(freqs, mask, input_pos, self.kv_length, rows)
 
 
 class CausalSelfAttention(nn.Module):
@@ -117,7 +132,9 @@ class CausalSelfAttention(nn.Module):
         bias = None if self.c_q.bias is None else torch.cat([lin.bias for lin in lins])
         return F.linear(x, torch.cat([lin.weight for lin in lins]), bias)
 
-    def forward(self, x: Tensor, ctx: AttnContext, ve: Tensor | None = None, kv_slot=None) -> Tensor:
+    def forward(
+        self, x: Tensor, ctx: AttnContext, ve: Tensor | None = None, cache: KVCache | None = None
+    ) -> Tensor:
         B, T, _ = x.shape
         H, Hkv, D = self.n_head, self.n_kv, self.head_size
         qkv = self.qkv(x).view(B, T, H + 2 * Hkv, D)
@@ -130,9 +147,9 @@ class CausalSelfAttention(nn.Module):
             qk = F.rms_norm(qk, (D,))
         q, k = qk.split([H, Hkv], dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
-        if kv_slot is not None:
-            k, v = kv_slot.update(k, v)
-        is_causal = ctx.mask is None and kv_slot is None  # (also right for a single query)
+        if cache is not None:
+            k, v = cache.update(ctx.input_pos, k, v, ctx.rows, ctx.kv_length)
+        is_causal = ctx.mask is None and cache is None
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=ctx.mask, is_causal=is_causal, enable_gqa=self.n_head != self.n_kv
         )
@@ -165,8 +182,10 @@ class Block(nn.Module):
         self.norm_2 = make_norm(cfg, d)
         self.mlp = MLP(d, hidden, cfg.bias, cfg.nonlin_name)
 
-    def forward(self, x: Tensor, ctx: AttnContext, ve: Tensor | None = None, kv_slot=None) -> Tensor:
-        x = x + self.attn(self.norm_1(x), ctx, ve, kv_slot)
+    def forward(
+        self, x: Tensor, ctx: AttnContext, ve: Tensor | None = None, cache: KVCache | None = None
+    ) -> Tensor:
+        x = x + self.attn(self.norm_1(x), ctx, ve, cache)
         return x + self.mlp(self.norm_2(x))
 
 

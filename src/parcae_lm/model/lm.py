@@ -1,5 +1,5 @@
-"""What Parcae and GPT share around their blocks: embeddings, value embeddings, attention masks, the
-tied head with its loss, parameter accounting and generation."""
+"""What Parcae and GPT share around their blocks: embeddings, value embeddings, positions and attention
+masks (with or without a KV cache), the tied head with its loss, parameter accounting and generation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from parcae_lm.config import ModelConfig
+from parcae_lm import runtime
+from parcae_lm.config import ModelConfig, create_config
+from parcae_lm.errors import ConfigError
+from parcae_lm.model.decode import generate
+from parcae_lm.model.kv_cache import FULL_CACHE, CacheStrategy, KVCache, ModelCache
 from parcae_lm.model.layers import AttnContext, Block, init_matrix, rope_table
 from parcae_lm.model.loss import IGNORE_INDEX, linear_cross_entropy
 
@@ -17,37 +21,73 @@ class LanguageModel(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        # glibc would otherwise return every freed activation to the OS and page-fault it back in on the
+        # next step (~25% of a CPU training step on the benchmark model): see `runtime.keep_freed_memory`.
+        runtime.keep_freed_memory()
         self.config = config
         # Recompute activations in backward instead of storing them (Parcae: each grad-carrying iteration;
         # GPT: each block). Saves memory at the cost of a second forward through them.
         self.activation_checkpointing = False
         self._rope_cache: dict[tuple, Tensor] = {}
 
+    config_class: type[ModelConfig] = ModelConfig
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> LanguageModel:
+        """A freshly initialised model of a named config: `Parcae.from_name("parcae-140m")` (litgpt style;
+        `parcae_lm.create_model(name)` picks the class for you)."""
+        config = create_config(name, **overrides)
+        if not isinstance(config, cls.config_class):
+            raise ConfigError(f"{name!r} is a {type(config).__name__}, not a config for {cls.__name__}")
+        return cls(config)
+
     # -- inputs -----------------------------------------------------------------------------------
+    def rope(self, head_size: int, device: torch.device) -> Tensor:
+        """RoPE (cos, sin) for every position < block_size, [block_size, head_size/2, 2] fp32 (built once)."""
+        key = (head_size, str(device))
+        if key not in self._rope_cache:
+            cfg = self.config
+            table = rope_table(cfg.block_size, head_size, cfg.rope_base, cfg.rope_condense_ratio, device)
+            self._rope_cache[key] = torch.view_as_real(table).contiguous()
+        return self._rope_cache[key]
+
+    def positions(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor | None = None,
+        kv_cache: ModelCache | None = None,
+        input_pos: Tensor | None = None,
+    ) -> Tensor | None:
+        """The queries' positions ([T] or [B, T]), or None for 0..T−1. Checks they fit the context."""
+        T = input_ids.shape[1]
+        if (kv_cache is None) != (input_pos is None):
+            raise ValueError("kv_cache and input_pos go together: give both for cached decoding, or neither")
+        pos = input_pos if input_pos is not None else position_ids
+        limit = self.config.block_size if kv_cache is None else min(self.config.block_size, kv_cache.length)
+        if pos is None:
+            if limit < T:
+                raise ValueError(
+                    f"sequence of {T} positions exceeds block_size={self.config.block_size} of this model"
+                )
+            return None
+        if pos.shape[-1] != T:
+            raise ValueError(f"positions have shape {tuple(pos.shape)}, expected [..., {T}] for {T} tokens")
+        return pos
+
     def attn_context(
         self,
         head_size: int,
         seq_len: int,
         device: torch.device,
-        offset: int = 0,
-        position_ids: Tensor | None = None,
+        positions: Tensor | None = None,
         mask: Tensor | None = None,
+        input_pos: Tensor | None = None,
+        kv_length: int | None = None,
     ) -> AttnContext:
-        """RoPE tables for positions offset..offset+T (or `position_ids`, [T] or [B, T]) plus the mask."""
-        cfg = self.config
-        key = (head_size, str(device))
-        if key not in self._rope_cache:
-            self._rope_cache[key] = rope_table(
-                cfg.block_size, head_size, cfg.rope_base, cfg.rope_condense_ratio, device
-            )
-        freqs = self._rope_cache[key]
-        if position_ids is not None:
-            return AttnContext(freqs[position_ids], mask)
-        if offset + seq_len > cfg.block_size:
-            raise ValueError(
-                f"sequence of {offset + seq_len} positions exceeds block_size={cfg.block_size} of this model"
-            )
-        return AttnContext(freqs[offset : offset + seq_len], mask)
+        """RoPE rotations for the queries' positions (default 0..T−1) with the mask and cache placement."""
+        table = self.rope(head_size, device)
+        freqs = table[:seq_len] if positions is None else table[positions]
+        return AttnContext(freqs, mask, input_pos, kv_length)
 
     @staticmethod
     def attention_mask(
@@ -68,8 +108,49 @@ class LanguageModel(nn.Module):
             mask = mask & attention_mask.bool()[:, None, None, :]
         return mask | torch.eye(seq_len, dtype=torch.bool, device=device)
 
+    @staticmethod
+    def cache_mask(input_pos: Tensor, cache_length: int, kv_length: int | None) -> Tensor | None:
+        """Which cached keys each query sees: key position ≤ query position, [1 or B, 1, T, L]. None when
+        that is every key attention reads anyway (one query per row at a shared position, keys cut there)."""
+        T = input_pos.shape[-1]
+        if T == 1 and input_pos.dim() == 1 and kv_length is not None:
+            return None
+        keys = torch.arange(cache_length if kv_length is None else kv_length, device=input_pos.device)
+        mask = keys <= input_pos[..., None]  # [T, L] or [B, T, L]
+        return mask[None, None] if mask.dim() == 2 else mask[:, None]
+
+    def value_embedding(self, layer: int, input_ids: Tensor) -> Tensor | None:
+        key = str(layer)
+        return self.value_embeds[key](input_ids) if key in self.value_embeds else None
+
+    def new_kv_cache(
+        self,
+        batch_size: int,
+        max_len: int,
+        num_steps: int | None = None,
+        strategy: CacheStrategy = FULL_CACHE,
+        dtype: torch.dtype | None = None,
+    ) -> ModelCache:
+        """A preallocated KV cache for `batch_size` rows of up to `max_len` positions (see `kv_cache`)."""
+        if max_len > self.config.block_size:
+            raise ValueError(
+                f"KV cache length {max_len} exceeds the model's block_size={self.config.block_size}"
+            )
+        param = self.transformer.wte.weight
+        dtype, device = dtype or param.dtype, param.device
+
+        def caches(blocks) -> list[KVCache]:
+            return [
+                KVCache(batch_size, b.attn.n_kv, max_len, b.attn.head_size, device, dtype) for b in blocks
+            ]
+
+        return self._new_kv_cache(caches, num_steps, strategy)
+
     # -- head -------------------------------------------------------------------------------------
-    def head(self, y: Tensor, labels: Tensor | None, return_logits: bool) -> dict[str, Tensor | None]:
+    def head(
+        self, y: Tensor, labels: Tensor | None, return_logits: bool, logits_to_keep: int = 0
+    ) -> dict[str, Tensor | None]:
+        """Loss and/or logits of the final hidden states; `logits_to_keep` > 0 computes only the last ones."""
         if labels is not None and not return_logits:
             # Training path: chunked fused head + loss, never holding [tokens, vocab] fp32 logits.
             flat = labels.reshape(-1)
@@ -77,6 +158,8 @@ class LanguageModel(nn.Module):
                 y.reshape(-1, y.shape[-1]), self.lm_head.weight, flat, softcap=self.config.logit_softcap
             )
             return {"loss": loss, "logits": None, "log_ppl": loss.detach()}
+        if logits_to_keep > 0:
+            y = y[:, -logits_to_keep:]
         logits = self.lm_head(y).float()
         if self.config.logit_softcap is not None:
             c = self.config.logit_softcap
@@ -147,7 +230,5 @@ class LanguageModel(nn.Module):
     # -- generation -------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, input_ids: Tensor, max_new_tokens: int, **kwargs) -> Tensor:
-        """Sample continuations with a preallocated KV cache; see `parcae_lm.infer.generate.generate`."""
-        from parcae_lm.infer.generate import generate
-
+        """Sample continuations with a preallocated KV cache; see `parcae_lm.model.decode.generate`."""
         return generate(self, input_ids, max_new_tokens, **kwargs)

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from parcae_lm.config import ParcaeConfig, StateInit
 from parcae_lm.model.injection import make_injection
+from parcae_lm.model.kv_cache import CacheStrategy, ModelCache
 from parcae_lm.model.layers import (
     AttnContext,
     Block,
@@ -34,11 +35,12 @@ from parcae_lm.model.layers import (
     make_norm,
 )
 from parcae_lm.model.lm import LanguageModel
-from parcae_lm.model.recurrence import Depths, TrainDraw, mix_seed, sample_depths
+from parcae_lm.model.recurrence import FIRST_DRAW, Depths, TrainDraw, mix_seed, sample_depths
 
 
 class Parcae(LanguageModel):
     config: ParcaeConfig
+    config_class = ParcaeConfig
 
     def __init__(self, config: ParcaeConfig) -> None:
         super().__init__(config)
@@ -109,8 +111,12 @@ class Parcae(LanguageModel):
         doc_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
-        kv_cache=None,
+        kv_cache: ModelCache | None = None,
         num_steps_pair: Sequence[int] | Tensor | None = None,
+        *,
+        input_pos: Tensor | None = None,
+        input_pos_maxp1: int | None = None,
+        logits_to_keep: int = 0,
         draw: TrainDraw | None = None,
         diagnostics: bool = False,
     ) -> dict[str, Tensor | None]:
@@ -121,23 +127,25 @@ class Parcae(LanguageModel):
             training mode, mean_recurrence in eval mode. `num_steps_pair` is the reference's spelling.
         doc_ids: [B, T] document index per token; attention never crosses documents.
         attention_mask: [B, T], 0 for padding tokens (they are never attended to).
-        kv_cache: an `infer.kv_cache.KVCache` for incremental decoding (eval, fixed depth).
+        position_ids: [T] or [B, T] positions of the tokens (default 0..T−1).
+        kv_cache, input_pos: incremental decoding (eval, the cache's fixed depth): the tokens sit at
+            `input_pos` ([T], or [B, T] per row) and their keys/values are written into `kv_cache`
+            (`model.new_kv_cache`). `input_pos_maxp1` (max position + 1, a Python int) lets attention read
+            only the written part of the cache; without it every step attends over the whole (masked)
+            buffer, with the same shapes at every position, which compiled decoding needs.
+        logits_to_keep: compute logits for the last this many positions only (0: all).
         draw: the training step and batch slice that seed sampled depths and h₀ (training mode only;
             default step 0, the whole batch).
         diagnostics: also return "state_norm" (mean ‖h_T‖) and "rel_residual" (‖h_T − h_{T−1}‖/‖h_T‖).
         """
+        if num_steps_pair is not None:
+            num_steps = _pair(num_steps_pair)
         stats: dict[str, Tensor] | None = {} if diagnostics else None
         y = self.hidden_states(
-            input_ids,
-            num_steps if num_steps_pair is None else _pair(num_steps_pair),
-            doc_ids,
-            attention_mask,
-            position_ids,
-            kv_cache,
-            draw or TrainDraw(),
-            stats,
-        )
-        out = self.head(y, labels, return_logits)
+            input_ids, num_steps, doc_ids, attention_mask, position_ids, kv_cache, input_pos, input_pos_maxp1,
+            draw or FIRST_DRAW, stats,
+        )  # fmt: skip
+        out = self.head(y, labels, return_logits, logits_to_keep)
         if stats is not None:
             out.update(stats)
         return out
@@ -149,52 +157,110 @@ class Parcae(LanguageModel):
         doc_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
-        kv_cache=None,
-        draw: TrainDraw = TrainDraw(),
+        kv_cache: ModelCache | None = None,
+        input_pos: Tensor | None = None,
+        input_pos_maxp1: int | None = None,
+        draw: TrainDraw = FIRST_DRAW,
         stats: dict[str, Tensor] | None = None,
     ) -> Tensor:
-        cfg, tr = self.config, self.transformer
+        """Final-normed hidden states [B, T, d]: prelude → loop → coda (see the module docstring)."""
         B, T = input_ids.shape
-        offset = 0 if kv_cache is None else kv_cache.pos
+        positions = self.positions(input_ids, position_ids, kv_cache, input_pos)
         if kv_cache is not None:
+            if doc_ids is not None or attention_mask is not None:
+                raise ValueError(
+                    "cached decoding takes no doc_ids/attention_mask (rows are separate sequences)"
+                )
             num_steps = kv_cache.num_steps
-            mask = kv_cache.causal_mask(T, input_ids.device)
+            mask = self.cache_mask(input_pos, kv_cache.length, input_pos_maxp1)
         else:
             mask = self.attention_mask(doc_ids, attention_mask, T, input_ids.device)
-        ctx = self.attn_context(cfg.head_size, T, input_ids.device, offset, position_ids, mask)
-        ctx_core = ctx
-        if self.core_head_size != cfg.head_size:
-            ctx_core = self.attn_context(self.core_head_size, T, input_ids.device, offset, position_ids, mask)
+        ctx, ctx_core = self.contexts(T, input_ids.device, positions, mask, input_pos, input_pos_maxp1)
 
-        # 1. Prelude: embed, run the prelude blocks, normalise → the injected input e.
+        e = self.prelude(input_ids, ctx, kv_cache)
+        h = self.initial_state(e, positions, draw)
+        u = self.transformer.adapter.prepare(e)  # B̄·e is the same at every iteration
+        h = self._recur(
+            h, u, self.core_values(input_ids), ctx_core, self._depths(B, T, num_steps, draw), kv_cache, stats
+        )
+        return self.coda(h, input_ids, ctx, kv_cache)
+
+    # -- the pieces of one forward, in order (adaptive decoding drives them one iteration at a time) --
+    def contexts(
+        self,
+        seq_len: int,
+        device: torch.device,
+        positions: Tensor | None = None,
+        mask: Tensor | None = None,
+        input_pos: Tensor | None = None,
+        kv_length: int | None = None,
+    ) -> tuple[AttnContext, AttnContext]:
+        """Attention contexts of the prelude/coda blocks and of the core blocks (their head sizes may differ)."""
+        head_size = self.config.head_size
+        ctx = self.attn_context(head_size, seq_len, device, positions, mask, input_pos, kv_length)
+        if self.core_head_size == head_size:
+            return ctx, ctx
+        return ctx, self.attn_context(
+            self.core_head_size, seq_len, device, positions, mask, input_pos, kv_length
+        )
+
+    def prelude(self, input_ids: Tensor, ctx: AttnContext, kv_cache: ModelCache | None = None) -> Tensor:
+        """Embed, run the prelude blocks, normalise: the input e injected at every iteration."""
+        tr = self.transformer
         x = tr.wte(input_ids)
         for i, block in enumerate(tr.prelude):
-            x = block(x, ctx, self._value_embedding(i, input_ids), _slot(kv_cache, i))
-        e = tr.ln_prelude(x) if cfg.prelude_norm else x
+            x = block(
+                x, ctx, self.value_embedding(i, input_ids), None if kv_cache is None else kv_cache.prelude[i]
+            )
+        return tr.ln_prelude(x) if self.config.prelude_norm else x
 
-        # 2. Recurrence: h₀, then T iterations of h ← core(inject(h, e)).
-        depths = self._depths(B, T, num_steps, draw)
-        h = self.initial_state(B, T, offset, position_ids, e, draw)
-        u = tr.adapter.prepare(e)  # B̄·e is the same at every iteration
-        n_p = cfg.n_layers_in_prelude
-        core_ve = [self._value_embedding(n_p + i, input_ids) for i in range(cfg.n_layers_in_recurrent_block)]
-        h = self._recur(h, u, core_ve, ctx_core, depths, kv_cache, stats)
+    def core_values(self, input_ids: Tensor) -> list[Tensor | None]:
+        """The core blocks' value embeddings (the same at every iteration)."""
+        first = self.config.n_layers_in_prelude
+        return [
+            self.value_embedding(first + i, input_ids) for i in range(self.config.n_layers_in_recurrent_block)
+        ]
 
-        # 3. Coda: read the state out with C, run the coda blocks, final norm.
+    def core_step(
+        self,
+        h: Tensor,
+        u: Tensor,
+        ves: list[Tensor | None],
+        ctx: AttnContext,
+        kv_cache: ModelCache | None = None,
+        iteration: int = 0,
+    ) -> Tensor:
+        """One iteration of the loop: inject (h ← Ā·h + B̄·e), then the core blocks."""
+        x = self.transformer.adapter.step(h, u)
+        for i, block in enumerate(self.transformer.core_block):
+            x = block(x, ctx, ves[i], None if kv_cache is None else kv_cache.core_layer(iteration, i))
+        return x
+
+    def coda(
+        self, h: Tensor, input_ids: Tensor, ctx: AttnContext, kv_cache: ModelCache | None = None
+    ) -> Tensor:
+        """Read the state out with C, run the coda blocks, final norm."""
+        tr = self.transformer
         y = tr.C(h)
-        first_coda = n_p + cfg.n_layers_in_recurrent_block
+        first = self.config.n_layers_in_prelude + self.config.n_layers_in_recurrent_block
         for i, block in enumerate(tr.coda):
-            slot = None if kv_cache is None else kv_cache.coda_slot(i)
-            y = block(y, ctx, self._value_embedding(first_coda + i, input_ids), slot)
-        if kv_cache is not None:
-            kv_cache.advance(T)
+            y = block(
+                y,
+                ctx,
+                self.value_embedding(first + i, input_ids),
+                None if kv_cache is None else kv_cache.coda[i],
+            )
         return tr.ln_f(y)
 
-    # ------------------------------------------------------------------------------------------------
-    def _value_embedding(self, layer: int, input_ids: Tensor) -> Tensor | None:
-        key = str(layer)
-        return self.value_embeds[key](input_ids) if key in self.value_embeds else None
+    def _new_kv_cache(self, caches, num_steps: int | None, strategy: CacheStrategy) -> ModelCache:
+        steps = self.config.mean_recurrence if num_steps is None else int(num_steps)
+        if steps < 1:
+            raise ValueError(f"num_steps must be ≥ 1 for cached decoding, got {steps}")
+        tr = self.transformer
+        core = [caches(tr.core_block) for _ in range(strategy.num_slots(steps))]
+        return ModelCache(caches(tr.prelude), core, caches(tr.coda), steps, strategy)
 
+    # ------------------------------------------------------------------------------------------------
     def _depths(self, B: int, T: int, num_steps: int | tuple[int, int] | None, draw: TrainDraw) -> Depths:
         if isinstance(num_steps, tuple):
             n, k = num_steps
@@ -207,30 +273,39 @@ class Parcae(LanguageModel):
             return sample_depths(self.config, draw.step, B, T, draw.shard, self.config.state_init_seed)
         else:
             n, k = self.config.mean_recurrence, 0
-        return Depths(torch.tensor(n), torch.tensor(k))
+        return Depths(n, k)
 
     def initial_state(
-        self, B: int, T: int, offset: int, position_ids: Tensor | None, e: Tensor, draw: TrainDraw = TrainDraw()
+        self, e: Tensor, positions: Tensor | None = None, draw: TrainDraw = FIRST_DRAW
     ) -> Tensor:
-        """h₀: in training, fresh noise per sequence seeded by (step, global row); otherwise a fixed,
-        position-indexed table from `state_init_seed`, so evaluation and cached decoding are deterministic."""
+        """h₀ for inputs e [B, T, d] at `positions` (default 0..T−1): in training, fresh noise per sequence
+        seeded by (step, global row); otherwise a fixed, position-indexed table from `state_init_seed`, so
+        evaluation and cached decoding are deterministic."""
         cfg, d_r = self.config, self.config.recurrent_embedding_dimension
+        B, T = e.shape[:2]
         if cfg.state_init == StateInit.ZERO:
             return e.new_zeros(B, T, d_r)
         if self.training:
             rows = []
             for r in range(B):
                 row = draw.shard.index * B + r
-                g = torch.Generator(device=e.device).manual_seed(mix_seed(cfg.state_init_seed, draw.step, row))
+                g = torch.Generator(device=e.device).manual_seed(
+                    mix_seed(cfg.state_init_seed, draw.step, row)
+                )
                 rows.append(self._draw_state((T, d_r), g, e.device))
             return torch.stack(rows).to(e.dtype)
-        key = (str(e.device), e.dtype)
-        if key not in self._state_tables:
-            g = torch.Generator().manual_seed(cfg.state_init_seed)
-            self._state_tables[key] = self._draw_state((cfg.block_size, d_r), g, "cpu").to(e.device, e.dtype)
-        table = self._state_tables[key]
-        h = table[position_ids] if position_ids is not None else table[offset : offset + T]
+        table = self.state_table(e.device, e.dtype)
+        h = table[:T] if positions is None else table[positions]
         return h.expand(B, T, d_r).clone() if h.dim() == 2 else h.clone()
+
+    def state_table(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The evaluation h₀ of every position < block_size, drawn once from `state_init_seed`."""
+        key = (str(device), dtype)
+        if key not in self._state_tables:
+            g = torch.Generator().manual_seed(self.config.state_init_seed)
+            shape = (self.config.block_size, self.config.recurrent_embedding_dimension)
+            self._state_tables[key] = self._draw_state(shape, g, "cpu").to(device, dtype)
+        return self._state_tables[key]
 
     def _draw_state(self, shape: tuple[int, int], g: torch.Generator, device) -> Tensor:
         kind, std = self.config.state_init, self.config.embedding_std
@@ -242,22 +317,6 @@ class Parcae(LanguageModel):
             return x / self.config.n_embd**0.5
         if kind == StateInit.UNIT:
             return (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-8)
-        return x
-
-    def core_step(
-        self,
-        h: Tensor,
-        u: Tensor,
-        ves: list[Tensor | None],
-        ctx: AttnContext,
-        kv_cache=None,
-        iteration: int = 0,
-    ) -> Tensor:
-        """One iteration of the loop: inject, then the core blocks."""
-        x = self.transformer.adapter.step(h, u)
-        for i, block in enumerate(self.transformer.core_block):
-            slot = None if kv_cache is None else kv_cache.core_slot(iteration, i)
-            x = block(x, ctx, ves[i], slot)
         return x
 
     def _iterate(self, h: Tensor, u: Tensor, ves: list[Tensor | None], ctx: AttnContext) -> Tensor:
@@ -273,28 +332,28 @@ class Parcae(LanguageModel):
         ves: list[Tensor | None],
         ctx: AttnContext,
         depths: Depths,
-        kv_cache=None,
+        kv_cache: ModelCache | None = None,
         stats: dict[str, Tensor] | None = None,
     ) -> Tensor:
+        """n no-grad then k grad iterations; depths are one count for the batch, or per row/token."""
         grad_on = torch.is_grad_enabled()
-        tracking = stats is not None
-        residual = h.new_zeros(h.shape[0]) if tracking else None
+        residual = h.new_zeros(h.shape[0]) if stats is not None else None
         done = 0  # iterations completed so far (cache slots are indexed by iteration)
         for steps, with_grad in ((depths.n, False), (depths.k, True)):
             with torch.set_grad_enabled(with_grad and grad_on):
-                if steps.dim() == 0:
+                if isinstance(steps, int) or steps.dim() == 0:
                     for j in range(int(steps)):
                         if kv_cache is None:
                             new = self._iterate(h, u, ves, ctx)
                         else:
                             new = self.core_step(h, u, ves, ctx, kv_cache, done + j)
-                        if tracking:
+                        if stats is not None:
                             residual = _rel_residual(new, h)
                         h = new
                     done += int(steps)
                 else:
                     h, residual = self._recur_ragged(h, u, ves, ctx, steps, residual)
-        if tracking:
+        if stats is not None:
             stats["state_norm"] = h.detach().float().norm(dim=-1).mean()
             stats["rel_residual"] = residual.mean()
         return h
@@ -316,7 +375,7 @@ class Parcae(LanguageModel):
             idx = order.to(h.device)
             h, u = h[idx], u[idx]
             ves = [None if v is None else v[idx] for v in ves]
-            ctx = ctx.rows(idx)
+            ctx = ctx.subset(idx)
             steps = steps[order]
             residual = None if residual is None else residual[idx]
         active_rows = [
@@ -324,7 +383,7 @@ class Parcae(LanguageModel):
         ]
         for j, m in enumerate(active_rows):
             part = slice(0, m)
-            new = self._iterate(h[:m], u[:m], [None if v is None else v[:m] for v in ves], ctx.rows(part))
+            new = self._iterate(h[:m], u[:m], [None if v is None else v[:m] for v in ves], ctx.subset(part))
             if steps.dim() == 2:  # per-token depths: exhausted tokens keep their state
                 keep = (steps[:m] > j).unsqueeze(-1).to(h.device)
                 new = torch.where(keep, new, h[:m])
@@ -346,29 +405,21 @@ class Parcae(LanguageModel):
     @torch.no_grad()
     def recurrence_trace(self, input_ids: Tensor, num_steps: int | None = None) -> list[dict[str, float]]:
         """Per-iteration state norm and relative residual for a fixed-depth evaluation forward."""
-        cfg, tr = self.config, self.transformer
         was_training = self.training
         self.eval()
         try:
-            B, T = input_ids.shape
-            ctx = self.attn_context(cfg.head_size, T, input_ids.device)
-            ctx_core = self.attn_context(self.core_head_size, T, input_ids.device)
-            x = tr.wte(input_ids)
-            for i, block in enumerate(tr.prelude):
-                x = block(x, ctx, self._value_embedding(i, input_ids))
-            e = tr.ln_prelude(x) if cfg.prelude_norm else x
-            h, u = self.initial_state(B, T, 0, None, e), tr.adapter.prepare(e)
-            n_p = cfg.n_layers_in_prelude
-            ves = [self._value_embedding(n_p + i, input_ids) for i in range(cfg.n_layers_in_recurrent_block)]
+            ctx, ctx_core = self.contexts(input_ids.shape[1], input_ids.device)
+            e = self.prelude(input_ids, ctx)
+            h, u, ves = (
+                self.initial_state(e),
+                self.transformer.adapter.prepare(e),
+                self.core_values(input_ids),
+            )
             trace = []
-            for _ in range(cfg.mean_recurrence if num_steps is None else num_steps):
+            for _ in range(self.config.mean_recurrence if num_steps is None else num_steps):
                 new = self.core_step(h, u, ves, ctx_core)
-                trace.append(
-                    {
-                        "state_norm": float(new.float().norm(dim=-1).mean()),
-                        "rel_residual": float(_rel_residual(new, h)),
-                    }
-                )
+                norm, change = float(new.float().norm(dim=-1).mean()), float(_rel_residual(new, h))
+                trace.append({"state_norm": norm, "rel_residual": change})
                 h = new
             return trace
         finally:
@@ -379,10 +430,6 @@ def _rel_residual(new: Tensor, old: Tensor, per_row: bool = False) -> Tensor:
     with torch.no_grad():
         r = (new - old).float().norm(dim=-1) / new.float().norm(dim=-1).clamp_min(1e-12)
         return r.mean(dim=-1) if per_row else r.mean()
-
-
-def _slot(kv_cache, layer: int):
-    return None if kv_cache is None else kv_cache.slot(layer)
 
 
 def _pair(value: Sequence[int] | Tensor) -> tuple[int, int]:

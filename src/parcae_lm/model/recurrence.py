@@ -50,12 +50,16 @@ class TrainDraw:
     shard: DepthShard = DepthShard()
 
 
+FIRST_DRAW = TrainDraw()  # step 0, the whole batch: the default of a training forward
+
+
 @dataclass
 class Depths:
-    """No-grad and grad iteration counts: int64 CPU tensors of shape [] (batch), [B] (sequence) or [B, T] (token)."""
+    """No-grad and grad iteration counts: ints (a fixed depth) or int64 CPU tensors of shape [] (per batch),
+    [B] (per sequence) or [B, T] (per token)."""
 
-    n: Tensor
-    k: Tensor
+    n: Tensor | int
+    k: Tensor | int
 
     @property
     def total(self) -> Tensor:

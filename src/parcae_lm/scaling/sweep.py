@@ -14,7 +14,7 @@ A sweep file is YAML:
 
 Every point is a `RunConfig` (the packaged/base config + overrides + the point's axis values). Its budget
 becomes an explicit step count: `max_flops` C is turned into tokens with the paper's accounting
-(`parcae_lm.flops.flops_per_token`, C = (2·N̂₁ + 6·N̂₂)·D) and then into whole optimizer steps, exactly as
+(`parcae_lm.model.flops.flops_per_token`, C = (2·N̂₁ + 6·N̂₂)·D) and then into whole optimizer steps, exactly as
 the trainer would; `max_tokens` and `token_to_param_ratio` likewise. A wall-clock budget is refused: it
 would make points incomparable. When a point sets `model.mean_recurrence` but not the backprop depth, it
 gets mean_backprop_depth = ceil(μ_rec / 2), the rule of the paper's recurrence sweep.
@@ -309,7 +309,7 @@ def _tokenizer_vocab(cfg) -> int:
 
 def resolve_point(spec: SweepSpec, settings: dict[str, Any], runs_dir: Path) -> SweepPoint:
     """The run config of one grid point, with its budget turned into an explicit number of steps."""
-    from parcae_lm.flops import flops_per_token, param_counts
+    from parcae_lm.model.flops import flops_per_token, param_counts
     from parcae_lm.train.config import load_run_config
     from parcae_lm.train.trainer import build_model_config
 

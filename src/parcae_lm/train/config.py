@@ -60,7 +60,7 @@ class RunConfig:
     # --- budget: exactly one of these ---
     max_steps: int | None = None
     max_tokens: float | None = None
-    max_flops: float | None = None  # turned into tokens with parcae_lm.flops.flops_per_token
+    max_flops: float | None = None  # turned into tokens with parcae_lm.model.flops.flops_per_token
     token_to_param_ratio: float | None = None
     max_time_minutes: float | None = (
         None  # wall clock for the whole command, data prep and final eval included

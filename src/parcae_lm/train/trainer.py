@@ -25,15 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from parcae_lm.bench import matmul_peak_flops
 from parcae_lm.checkpoint import save_pretrained
 from parcae_lm.config import create_config
 from parcae_lm.errors import ConfigError, TrainingError
 from parcae_lm.files import atomic_write_text
-from parcae_lm.flops import flops_per_token
 from parcae_lm.model import build_model
+from parcae_lm.model.flops import flops_per_token
 from parcae_lm.model.recurrence import DepthShard, TrainDraw
-from parcae_lm.runtime import keep_freed_memory
+from parcae_lm.runtime import matmul_peak_flops
 from parcae_lm.train import checkpoint as ckpt
 from parcae_lm.train.config import Precision, RunConfig, Strategy, coerce_model_overrides
 from parcae_lm.train.distributed import (
@@ -252,8 +251,6 @@ def train(cfg: RunConfig, config_name: str = "run", start_time: float | None = N
 def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> RunResult:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    if info.device.type == "cpu":
-        keep_freed_memory()  # (the CLI already did; this covers train() called from Python)
     if info.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

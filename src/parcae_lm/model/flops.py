@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import torch
+
 from parcae_lm.config import GPTConfig, ModelConfig, ParcaeConfig
+from parcae_lm.model.build import build_model
 from parcae_lm.model.recurrence import expected_depths
 
 
@@ -29,10 +32,6 @@ class ParamCounts:
 
 def param_counts(cfg: ModelConfig) -> ParamCounts:
     """Exact parameter counts, computed from a model built on the meta device (no memory used)."""
-    import torch
-
-    from parcae_lm.model import build_model
-
     with torch.device("meta"):
         model = build_model(cfg)
     total = model.num_parameters()

@@ -1,54 +1,24 @@
-"""Throughput benchmarks: tokens/s, MFU against the matmul peak measured in the same process, peak memory.
+"""Training throughput: tokens/s of a plain forward+backward loop, MFU against the matmul peak measured in
+the same process, peak memory.
 
 MFU = (model FLOPs per token × tokens/s) ÷ peak, where the peak is the best fp32 (CPU) or bf16 (CUDA)
 matmul throughput measured here on square matrices right after each timed step; model FLOPs follow
-`parcae_lm.flops` with the depths actually run.
+`parcae_lm.model.flops` with the depths actually run.
 """
 
 from __future__ import annotations
 
-import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
-from parcae_lm.config import ModelConfig, ParcaeConfig, SamplingScheme
-from parcae_lm.flops import training_flops
+from parcae_lm.config import ModelConfig, ParcaeConfig, SamplingScheme, create_config
 from parcae_lm.model import build_model
+from parcae_lm.model.flops import training_flops
 from parcae_lm.model.recurrence import TrainDraw, sample_depths
-from parcae_lm.runtime import keep_freed_memory
-
-
-def matmul_peak_flops(device: str | torch.device = "cpu", size: int = 2048, seconds: float = 1.0) -> float:
-    """Best sustained FLOP/s of an n×n matmul (fp32 on CPU, bf16 on CUDA), over ~`seconds`."""
-    device = torch.device(device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    c = torch.empty(size, size, device=device, dtype=dtype)
-    best, deadline = 0.0, time.perf_counter() + seconds
-    for _ in range(2):
-        torch.mm(a, b, out=c)  # warm up
-    while best == 0.0 or time.perf_counter() < deadline:  # at least one timed matmul, even on a busy machine
-        sync_device(device)
-        t0 = time.perf_counter()
-        torch.mm(a, b, out=c)
-        sync_device(device)
-        best = max(best, 2 * size**3 / (time.perf_counter() - t0))
-    return best
-
-
-def sync_device(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+from parcae_lm.runtime import matmul_peak_flops, peak_memory_bytes, sync_device
 
 
 @dataclass
@@ -82,12 +52,9 @@ def bench_training(
     fused_loss: bool = True,
     activation_checkpointing: bool = False,
 ) -> TrainBenchResult:
-    """Time forward+backward steps on random tokens (no optimizer step: this measures the model).
-
-    On CPU this applies `runtime.keep_freed_memory()` to the process, as the `parcae` CLI does."""
+    """Time forward+backward steps on random tokens (no optimizer step: this measures the model), the plain
+    loop a library user writes: `model(x, labels=y)["loss"].backward()`."""
     dev = torch.device(device)
-    if dev.type == "cpu":
-        keep_freed_memory()
     torch.manual_seed(0)
     model = build_model(cfg).to(dev).train()
     model.activation_checkpointing = activation_checkpointing
@@ -159,8 +126,6 @@ def _step_accounting(cfg: ModelConfig, step: int, batch_size: int, seq_len: int)
 def bench_config(name: str = "parcae-tiny", **overrides) -> ParcaeConfig:
     """The model-library benchmark: d=256, 4 heads, I=1024, 2/2/2, vocab 32768, seq 256, recurrence 4
     fixed with 2 backprop steps."""
-    from parcae_lm.config import create_config
-
     base = dict(vocab_size=32768, block_size=256, mean_recurrence=4, mean_backprop_depth=2)
     base["sampling_scheme"] = SamplingScheme.FIXED
     base.update(overrides)
