@@ -16,8 +16,8 @@ import pytest
 from parcae_lm.cli import main as cli_main
 from parcae_lm.errors import ConfigError, TrainingError
 from parcae_lm.flops import flops_per_token
-from parcae_lm.scaling import fit as F
 from parcae_lm.scaling import studies
+from parcae_lm.scaling import table as F
 from parcae_lm.scaling.sweep import (
     DIVERGED,
     SUMMARY,

@@ -6,7 +6,7 @@
     parcae fit unified    RESULTS --out DIR   L = E + X·N^(−x) + Y·D^(−y) + Z·exp(−z·T/μ_rec)
 
 Each writes <kind>.json, <kind>.md and PNG plots into DIR and prints the markdown table. Column
-names default to those documented in `parcae_lm.scaling.fit` and can be changed with flags.
+names default to those documented in `parcae_lm.scaling.table` and can be changed with flags.
 """
 
 from __future__ import annotations
@@ -20,7 +20,12 @@ import yaml
 
 from parcae_lm.cache import atomic_write_text
 from parcae_lm.errors import ConfigError
-from parcae_lm.scaling import fit as F
+from parcae_lm.scaling import plots, report
+from parcae_lm.scaling import table as F
+from parcae_lm.scaling.isoflop import Bootstrap, fit_isoflop
+from parcae_lm.scaling.laws import effective_params, fit_parametric, fit_unified
+from parcae_lm.scaling.solver import HUBER_DELTA, HuberSettings
+from parcae_lm.scaling.testtime import fit_test_time_groups
 
 
 def register(subparsers) -> None:
@@ -56,8 +61,10 @@ def _register_fit(subparsers) -> None:
             help="compute N_eff = other + μ_rec·core from the μ_rec column instead of reading --n-col",
         )
         q.add_argument("--other-params", type=float, help="non-recurrent parameters, with --core-params")
-        q.add_argument("--delta", type=float, default=F.HUBER_DELTA, help="Huber delta on log-loss residuals")
-        q.add_argument("--n-starts", type=int, default=32, help="L-BFGS restarts (best-screened inits)")
+        q.add_argument("--delta", type=float, default=HUBER_DELTA, help="Huber delta on log-loss residuals")
+        q.add_argument(
+            "--n-starts", type=int, default=32, help="solver runs, from the best-scoring random inits"
+        )
         q.add_argument(
             "--n-candidates", type=int, default=4096, help="random inits screened for the restarts"
         )
@@ -76,10 +83,10 @@ def _register_fit(subparsers) -> None:
     q.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     q.add_argument(
         "--bootstrap",
-        type=F.Bootstrap,
-        choices=list(F.Bootstrap),
-        default=F.Bootstrap.RUNS,
-        metavar="{" + ",".join(b.value for b in F.Bootstrap) + "}",
+        type=Bootstrap,
+        choices=list(Bootstrap),
+        default=Bootstrap.RUNS,
+        metavar="{" + ",".join(b.value for b in Bootstrap) + "}",
         help="resample runs within each budget (default) or the parabola residuals",
     )
     q.add_argument(
@@ -114,13 +121,11 @@ def _register_fit(subparsers) -> None:
 
 
 def fit_isoflop_cmd(args) -> int:
-    from parcae_lm.scaling import plots
-
     table = F.RunTable.read(args.results)
     flops, loss = table.numeric(args.flops_col), table.numeric(args.loss_col)
     results, files, md = {}, [], []
     for col in args.x_cols:
-        fit = F.fit_isoflop(
+        fit = fit_isoflop(
             flops,
             table.numeric(col),
             loss,
@@ -132,7 +137,7 @@ def fit_isoflop_cmd(args) -> int:
             bootstrap=args.bootstrap,
         )
         results[col] = fit.to_dict()
-        md.append(fit.to_markdown())
+        md.append(report.markdown_isoflop(fit))
         files.append(plots.plot_isoflop(fit, args.out / f"isoflop_{col}.png", loss_label=args.loss_col))
         files.append(plots.plot_power_law(fit, args.out / f"powerlaw_{col}.png"))
     columns = {"flops": args.flops_col, "x": args.x_cols, "loss": args.loss_col}
@@ -146,62 +151,54 @@ def _n_eff(args, table: F.RunTable) -> tuple[np.ndarray, str]:
         return table.numeric(args.n_col), args.n_col
     if args.other_params is None:
         raise ConfigError("--core-params needs --other-params (the non-recurrent parameter count)")
-    n = F.effective_params(args.core_params, args.other_params, table.numeric(args.mu_col))
+    n = effective_params(args.core_params, args.other_params, table.numeric(args.mu_col))
     return n, f"{args.other_params:g} + {args.mu_col} * {args.core_params:g}"
 
 
-def _lse_kwargs(args) -> dict:
-    return {
-        "delta": args.delta,
-        "n_starts": args.n_starts,
-        "n_candidates": args.n_candidates,
-        "seed": args.seed,
-    }
+def _huber_settings(args) -> HuberSettings:
+    return HuberSettings(
+        delta=args.delta, n_starts=args.n_starts, n_candidates=args.n_candidates, seed=args.seed
+    )
 
 
 def fit_parametric_cmd(args) -> int:
-    from parcae_lm.scaling import plots
-
     table = F.RunTable.read(args.results)
     n_eff, n_source = _n_eff(args, table)
     tokens, loss = table.numeric(args.tokens_col), table.numeric(args.loss_col)
-    fit = F.fit_parametric(n_eff, tokens, loss, **_lse_kwargs(args))
-    title = f"L = E + A·N^(−{fit.alpha:.3f}) + B·D^(−{fit.beta:.3f})"
-    files = [
-        plots.plot_parity(loss, fit.predict(n_eff, tokens), args.out / "parametric_parity.png", title=title)
-    ]
+    fit = fit_parametric(n_eff, tokens, loss, _huber_settings(args))
+    title = f"L = E + A·N^(−{fit['alpha']:.3f}) + B·D^(−{fit['beta']:.3f})"
+    predicted = fit.predict({F.N_EFF: n_eff, F.TOKENS: tokens})
+    files = [plots.plot_parity(loss, predicted, args.out / "parametric_parity.png", title=title)]
     columns = {"n_eff": n_source, "tokens": args.tokens_col, "loss": args.loss_col}
-    return _finish(args, "parametric", table, columns, fit.to_dict(), fit.to_markdown(), files)
+    return _finish(args, "parametric", table, columns, fit.to_dict(), report.markdown_law(fit), files)
 
 
 def fit_testtime_cmd(args) -> int:
-    from parcae_lm.scaling import plots
-
     table = F.RunTable.read(args.results)
     group_col = args.group_col
     if group_col is None and table.has(F.MEAN_RECURRENCE):
         group_col = F.MEAN_RECURRENCE
     groups = table.raw(group_col) if group_col else None
-    fits = F.fit_test_time_groups(
+    fits = fit_test_time_groups(
         table.numeric(args.steps_col), table.numeric(args.loss_col), groups, group_column=group_col
     )
     files = [plots.plot_test_time(fits, args.out / "testtime.png", loss_label=args.loss_col)]
     columns = {"steps": args.steps_col, "loss": args.loss_col, "group": group_col}
-    return _finish(args, "testtime", table, columns, fits.to_dict(), fits.to_markdown(), files)
+    return _finish(args, "testtime", table, columns, fits.to_dict(), report.markdown_testtime(fits), files)
 
 
 def fit_unified_cmd(args) -> int:
-    from parcae_lm.scaling import plots
-
     table = F.RunTable.read(args.results)
     n_eff, n_source = _n_eff(args, table)
     mu, tokens = table.numeric(args.mu_col), table.numeric(args.tokens_col)
     steps, loss = table.numeric(args.steps_col), table.numeric(args.loss_col)
-    fit = F.fit_unified(mu, n_eff, tokens, steps, loss, learn_gamma=args.learn_gamma, **_lse_kwargs(args))
+    settings = _huber_settings(args)
+    fit = fit_unified(mu, n_eff, tokens, steps, loss, learn_gamma=args.learn_gamma, settings=settings)
+    data = {F.MEAN_RECURRENCE: mu, F.N_EFF: n_eff, F.TOKENS: tokens, F.NUM_STEPS: steps}
     files = [
         plots.plot_parity(
             loss,
-            fit.predict(mu, n_eff, tokens, steps),
+            fit.predict(data),
             args.out / "unified_parity.png",
             title="unified law: predicted vs observed",
             color_by=steps,
@@ -215,7 +212,7 @@ def fit_unified_cmd(args) -> int:
         "steps": args.steps_col,
         "loss": args.loss_col,
     }
-    return _finish(args, "unified", table, columns, fit.to_dict(), fit.to_markdown(), files)
+    return _finish(args, "unified", table, columns, fit.to_dict(), report.markdown_law(fit), files)
 
 
 def _finish(args, kind: str, table: F.RunTable, columns: dict, result: dict, markdown: str, files) -> int:

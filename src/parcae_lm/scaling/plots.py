@@ -1,4 +1,4 @@
-"""PNG plots of the scaling-law fits in `parcae_lm.scaling.fit` (matplotlib, Agg backend).
+"""PNG plots of the scaling-law fits (`isoflop`, `testtime`, `laws`) (matplotlib, Agg backend).
 
 - `plot_isoflop`: loss against x (μ_rec or tokens) per budget, the fitted parabolas, optimum markers.
 - `plot_power_law`: optimum x*(C) on log-log axes with the fitted line and its bootstrap band.
@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from parcae_lm.cache import atomic_write_bytes  # noqa: E402
-from parcae_lm.scaling.fit import IsoFlopFit, TestTimeFits  # noqa: E402
+from parcae_lm.scaling.isoflop import IsoFlopFit  # noqa: E402
+from parcae_lm.scaling.testtime import TestTimeFits  # noqa: E402
 
 _LABELS = {"mean_recurrence": "mean recurrence μ_rec", "tokens": "training tokens D"}
 

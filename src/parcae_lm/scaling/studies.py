@@ -28,8 +28,11 @@ from typing import Any
 
 from parcae_lm.cache import atomic_write_text, cache_dir, file_lock
 from parcae_lm.errors import ConfigError
-from parcae_lm.scaling import fit as F
+from parcae_lm.scaling import report
+from parcae_lm.scaling import table as F
+from parcae_lm.scaling.isoflop import fit_isoflop
 from parcae_lm.scaling.sweep import SweepResult, SweepSpec, run_sweep
+from parcae_lm.scaling.testtime import fit_test_time_groups
 
 STUDY_VAL_CHARS = 800  # characters kept from the start of each work's validation tail (42 works, ~10k tokens)
 STUDY_RECIPE = 1
@@ -393,11 +396,11 @@ def analyse_scaling(result: SweepResult, fig_dir: Path, data: tuple[Path, Path])
     flops, loss = table.numeric(F.FLOPS), table.numeric(F.LOSS)
     for col in (F.MEAN_RECURRENCE, F.TOKENS):
         try:
-            fit = F.fit_isoflop(flops, table.numeric(col), loss, variable=col, n_boot=1000, seed=0)
+            fit = fit_isoflop(flops, table.numeric(col), loss, variable=col, n_boot=1000, seed=0)
         except Exception as e:  # a fit that cannot be made is a finding, reported as such
             md.append(f"\n**{col}**: no iso-FLOP fit: {e}\n")
             continue
-        md.append("\n" + fit.to_markdown())
+        md.append("\n" + report.markdown_isoflop(fit))
         extra[col] = fit.to_dict()
         figs.append(plots.plot_isoflop(fit, fig_dir / f"scaling-isoflop-{col}.png"))
         if fit.power_law.n_valid:
@@ -453,7 +456,7 @@ def analyse_test_time(
     tt_dir.mkdir(parents=True, exist_ok=True)
     write_table(rows, tt_dir)
     table = F.RunTable(rows, "testtime")
-    fits = F.fit_test_time_groups(
+    fits = fit_test_time_groups(
         table.numeric(F.NUM_STEPS),
         table.numeric(F.LOSS),
         table.raw(F.MEAN_RECURRENCE),
@@ -476,7 +479,7 @@ def analyse_test_time(
         f"Validation loss (nats/token) and bpb at test-time depth T; {rows[0]['eval_tokens']} scored tokens "
         "per evaluation.\n",
         _table(grid, cols),
-        "\n" + fits.to_markdown(),
+        "\n" + report.markdown_testtime(fits),
     ]
     extra = {"fits": fits.to_dict(), "depth_table": str(tt_dir / "results.csv")}
     return StudyReport("test-time", "\n".join(md), figs, extra)

@@ -29,10 +29,8 @@ telemetry (divergence, loss spikes, state norm, spectral radius).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import enum
-import io
 import itertools
 import json
 import math
@@ -47,7 +45,8 @@ import yaml
 
 from parcae_lm.cache import atomic_write_text
 from parcae_lm.errors import ConfigError, TrainingError
-from parcae_lm.scaling import fit as F
+from parcae_lm.scaling import table as F
+from parcae_lm.scaling.table import json_default, write_table
 
 # A loss spike: a logged training loss above SPIKE_FACTOR x the running minimum of the losses logged
 # before it, counted only after the first SPIKE_WARMUP_FRACTION of the run (or the LR warmup, if longer):
@@ -532,42 +531,6 @@ def collect_point(point: SweepPoint) -> dict[str, Any] | None:
     return row
 
 
-def write_table(rows: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
-    """results.csv and results.jsonl (same rows; the CSV has the union of columns, first-seen order)."""
-    columns: dict[str, None] = {}
-    for r in rows:
-        columns.update(dict.fromkeys(r))
-    clean = [
-        {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
-        for r in rows
-    ]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
-    writer.writeheader()
-    for r in clean:
-        writer.writerow({k: _csv_cell(r.get(k)) for k in columns})
-    csv_path, jsonl_path = out_dir / "results.csv", out_dir / "results.jsonl"
-    atomic_write_text(csv_path, buf.getvalue())
-    atomic_write_text(jsonl_path, "".join(json.dumps(r, default=_json_default) + "\n" for r in clean))
-    return csv_path, jsonl_path
-
-
-def _csv_cell(v: Any) -> Any:
-    if v is None:
-        return ""
-    if isinstance(v, enum.Enum):
-        return v.value
-    if isinstance(v, list | dict):
-        return json.dumps(v)
-    return v
-
-
-def _json_default(v: Any) -> Any:
-    if isinstance(v, enum.Enum):
-        return v.value
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
-
-
 @dataclass
 class SweepResult:
     out_dir: Path
@@ -593,7 +556,7 @@ def run_sweep(
     out = Path(out_dir)
     points = expand(spec, out)
     plan = {"spec": spec.to_dict(), "points": [_plan_entry(p) for p in points]}
-    atomic_write_text(out / "sweep.json", json.dumps(plan, indent=2, default=_json_default) + "\n")
+    atomic_write_text(out / "sweep.json", json.dumps(plan, indent=2, default=json_default) + "\n")
     for p in points:
         p.check_run_dir()
     ran, skipped = [], []
