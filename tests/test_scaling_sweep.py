@@ -1,5 +1,5 @@
-"""`parcae sweep` and the study presets: grid expansion, FLOP -> step budgets, resumability, emitted
-commands, the results table feeding `parcae fit`, divergence bookkeeping, and a smoke study end to end.
+"""`parcae sweep`: grid expansion, smoke variants, FLOP -> step budgets, resumability, emitted commands,
+the results table feeding `parcae fit`, divergence bookkeeping.
 
 Runs train micro models on a synthetic corpus built here (seconds)."""
 
@@ -16,7 +16,6 @@ import pytest
 from parcae_lm.cli import main as cli_main
 from parcae_lm.errors import ConfigError, TrainingError
 from parcae_lm.flops import flops_per_token
-from parcae_lm.scaling import studies
 from parcae_lm.scaling import table as F
 from parcae_lm.scaling.sweep import (
     DIVERGED,
@@ -152,6 +151,41 @@ def test_bad_points(data, tmp_path):
         expand(micro_spec(data, [], run_name="x"), tmp_path)
     with pytest.raises(ConfigError, match="unknown model field"):
         expand(micro_spec(data, [{"model.n_embdd": [8]}]), tmp_path)
+
+
+def test_smoke_variant_and_overrides():
+    raw = {
+        "name": "s",
+        "base": "tiny",
+        "overrides": {"max_steps": 100, "seq_len": 64},
+        "axes": [{"model.mean_recurrence": [1, 2, 4, 8]}, {"adam_lr": [1e-3, 2e-3]}],
+        "smoke": {
+            "base": "tiny-gpt",
+            "overrides": {"max_steps": 2},
+            "axes": [{"model.mean_recurrence": [1, 2]}],
+        },
+    }
+    full, smoke = SweepSpec.from_dict(raw), SweepSpec.from_dict(raw, smoke=True)
+    assert (full.name, full.base, len(full.axes)) == ("s", "tiny", 2)
+    assert (smoke.name, smoke.base) == ("s-smoke", "tiny-gpt")
+    assert smoke.overrides == {"max_steps": 2, "seq_len": 64}  # smoke overrides go over the sweep's
+    assert [a.keys for a in smoke.axes] == [("model.mean_recurrence",)]  # and its axes replace the sweep's
+    no_axes = {**raw, "smoke": {"overrides": {"max_steps": 2}}}
+    assert SweepSpec.from_dict(no_axes, smoke=True).axes == full.axes  # no smoke axes: the sweep's
+    with pytest.raises(ConfigError, match="no 'smoke' section"):
+        SweepSpec.from_dict({"name": "x"}, smoke=True)
+    with pytest.raises(ConfigError, match=r"smoke: unknown key\(s\) name"):
+        SweepSpec.from_dict({"name": "x", "smoke": {"name": "y"}}, smoke=True)
+
+    # Overrides for every point: a new budget replaces the sweep's; axes cannot be overridden.
+    shorter = full.with_overrides({"max_tokens": 1e5, "seed": 3})
+    assert shorter.overrides == {"seq_len": 64, "max_tokens": 1e5, "seed": 3}
+    assert full.overrides["max_steps"] == 100  # the original is unchanged
+    with pytest.raises(ConfigError, match="adam_lr is an axis"):
+        full.with_overrides({"adam_lr": 1e-2})
+    budget_axis = SweepSpec.from_dict({"name": "b", "axes": [{"max_flops": [1e9, 2e9]}]})
+    with pytest.raises(ConfigError, match=r"its budget is an axis \(max_flops\)"):
+        budget_axis.with_overrides({"max_steps": 5})
 
 
 def test_sweep_yaml_file_and_relative_base(tmp_path, data):
@@ -304,7 +338,7 @@ def test_spike_stats():
     assert spike_stats([10, 20], [5.0, None], total_steps=100)["loss_spikes"] == 1
 
 
-# ----------------------------------------------------------------------------------------- CLI, study
+# ----------------------------------------------------------------------------------------- CLI
 
 
 def test_cli_dry_run_and_emit(data, tmp_path, capsys):
@@ -317,60 +351,3 @@ def test_cli_dry_run_and_emit(data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("sbatch ") == 2
     assert cli_main(["sweep", str(tmp_path / "missing.yaml")]) == 1
-
-
-def test_smoke_study_end_to_end(data, tmp_path):
-    result, report = studies.run_study(
-        studies.StudyName.TEST_TIME,
-        tmp_path,
-        smoke=True,
-        data=data,
-        progress=False,
-        overrides={"max_steps": 3},
-    )
-    assert len(result.rows) == 2 and all(r["status"] == "ok" for r in result.rows)
-    assert all(r["steps"] == 3 for r in result.rows)  # the override replaced the preset's budget
-    fits = json.loads((tmp_path / "analysis.json").read_text())["fits"]["fits"]
-    assert [f["label"] for f in fits] == ["mean_recurrence=2", "mean_recurrence=3"]
-    for f in fits:
-        assert f["n_points"] == 5 and math.isfinite(f["L_inf"]) and f["z"] >= 0
-    depth_rows = F.RunTable.read(tmp_path / "testtime" / "results.csv")
-    assert sorted(set(depth_rows.numeric(F.NUM_STEPS))) == [1, 2, 3, 4, 6]
-    assert (tmp_path / "figures" / "test-time.png").stat().st_size > 1000
-    assert "L∞" in (tmp_path / "report.md").read_text()
-
-
-@pytest.mark.parametrize("name", list(studies.StudyName))
-def test_presets_expand(name, data, tmp_path):
-    """Full and smoke presets are valid grids of the intended size."""
-    study = studies.STUDIES[name]
-    for smoke in (True, False):
-        spec = studies.with_data(study.spec(smoke), data)
-        points = expand(spec, tmp_path)
-        assert len(points) >= 2
-        if not smoke:
-            assert all(p.model_config.n_embd == 64 for p in points)
-
-
-def test_study_overrides_cannot_change_axes(data, tmp_path):
-    with pytest.raises(ConfigError, match="axis of the study"):
-        studies.run_study(
-            studies.StudyName.TEST_TIME,
-            tmp_path,
-            smoke=True,
-            data=data,
-            overrides={"model.mean_recurrence": 5},
-        )
-
-
-@pytest.mark.parametrize("name", [n for n in studies.StudyName if n != studies.StudyName.TEST_TIME])
-def test_every_smoke_study_runs(name, data, tmp_path):
-    """The other three studies' smoke presets run end to end too (the test-time one is checked above)."""
-    # The scaling study's budgets are FLOPs (its axis); the others are shortened to 2 steps.
-    overrides = {} if name == studies.StudyName.SCALING else {"max_steps": 2}
-    result, report = studies.run_study(
-        name, tmp_path, smoke=True, data=data, progress=False, overrides=overrides
-    )
-    assert len(result.rows) >= 2 and all(r["status"] in ("ok", "diverged") for r in result.rows)
-    assert (tmp_path / "report.md").read_text().strip()
-    assert any(p.suffix == ".png" for p in (tmp_path / "figures").iterdir())

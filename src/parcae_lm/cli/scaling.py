@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from parcae_lm.cache import atomic_write_text
 from parcae_lm.errors import ConfigError
@@ -25,13 +24,13 @@ from parcae_lm.scaling import table as F
 from parcae_lm.scaling.isoflop import Bootstrap, fit_isoflop
 from parcae_lm.scaling.laws import effective_params, fit_parametric, fit_unified
 from parcae_lm.scaling.solver import HUBER_DELTA, HuberSettings
+from parcae_lm.scaling.sweep import Emit, SweepSpec, emit_commands, expand, run_sweep
 from parcae_lm.scaling.testtime import fit_test_time_groups
 
 
 def register(subparsers) -> None:
     _register_fit(subparsers)
     _register_sweep(subparsers)
-    _register_study(subparsers)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -228,12 +227,10 @@ def _finish(args, kind: str, table: F.RunTable, columns: dict, result: dict, mar
 
 
 # ---------------------------------------------------------------------------------------------------
-# parcae sweep / parcae study
+# parcae sweep
 
 
 def _register_sweep(subparsers) -> None:
-    from parcae_lm.scaling.sweep import Emit
-
     p = subparsers.add_parser(
         "sweep",
         help="run a grid of training runs from a sweep YAML (resumable), or emit torchrun/Slurm commands",
@@ -241,7 +238,8 @@ def _register_sweep(subparsers) -> None:
         "budget (FLOPs via parcae_lm.flops), run the unfinished points one after another and write "
         "results.csv / results.jsonl (the columns `parcae fit` reads).",
     )
-    p.add_argument("sweep", type=Path, help="sweep file (YAML: name, base, overrides, axes)")
+    p.add_argument("sweep", type=Path, help="sweep file (YAML: name, base, overrides, axes, smoke)")
+    p.add_argument("--smoke", action="store_true", help="the sweep file's seconds-long smoke variant")
     p.add_argument("--out", type=Path, help="output directory (default: sweeps/<name>)")
     p.add_argument(
         "--emit",
@@ -263,32 +261,8 @@ def _register_sweep(subparsers) -> None:
     p.set_defaults(func=sweep_cmd)
 
 
-def _register_study(subparsers) -> None:
-    from parcae_lm.scaling.studies import StudyName
-
-    p = subparsers.add_parser(
-        "study",
-        help="run one of the paper's studies in miniature (stability, parcae-vs-gpt, scaling, test-time)",
-        description="Run a study preset (a sweep plus its analysis): results table, report.md and PNG plots.",
-    )
-    p.add_argument("name", type=StudyName, choices=list(StudyName), metavar="{" + ",".join(StudyName) + "}")
-    p.add_argument("--smoke", action="store_true", help="the seconds-long variant (tiny model, a few steps)")
-    p.add_argument("--out", type=Path, help="output directory (default: studies/<name>[-smoke])")
-    p.add_argument("--figures", type=Path, help="directory for the PNG plots (default: OUT/figures)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a preset setting for every point (dotted keys, YAML values), e.g. --set max_steps=1800",
-    )
-    p.set_defaults(func=study_cmd)
-
-
 def sweep_cmd(args) -> int:
-    from parcae_lm.scaling.sweep import SweepSpec, emit_commands, expand, run_sweep
-
-    spec = SweepSpec.from_yaml(args.sweep)
+    spec = SweepSpec.from_yaml(args.sweep, smoke=args.smoke)
     out = args.out or Path("sweeps") / spec.name
     if args.nproc_per_node < 1:
         raise ConfigError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
@@ -320,22 +294,4 @@ def sweep_cmd(args) -> int:
         loss = row.get(F.LOSS)
         print(f"  {row['point']}: {row['status']}, val_loss {'-' if loss is None else f'{loss:.4f}'}")
     print(f"wrote {result.csv}\nwrote {result.jsonl}")
-    return 0
-
-
-def study_cmd(args) -> int:
-    from parcae_lm.scaling.studies import run_study
-
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
-    out = args.out or Path("studies") / (args.name.value + ("-smoke" if args.smoke else ""))
-    result, report = run_study(args.name, out, smoke=args.smoke, fig_dir=args.figures, overrides=overrides)
-    print(report.markdown)
-    print(f"wrote {result.csv}\nwrote {out / 'report.md'}")
-    for f in report.figures:
-        print(f"wrote {f}")
     return 0

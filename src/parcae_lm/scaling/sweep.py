@@ -11,6 +11,11 @@ A sweep file is YAML:
       - model.mean_recurrence: [1, 2, 4, 8]
       - max_flops: [6.0e10, 1.2e11]
       - {adam_lr: [2e-3, 8e-3], muon_lr: [5e-3, 2e-2]}   # one axis whose keys move together
+    smoke:                           # optional: a seconds-long variant (`parcae sweep FILE --smoke`)
+      base: smoke.yaml               #   replaces base; its overrides go over the overrides above;
+      overrides: {max_steps: 4}      #   its axes, if given, replace the axes above
+      axes:
+        - model.mean_recurrence: [1, 2]
 
 Every point is a `RunConfig` (the packaged/base config + overrides + the point's axis values). Its budget
 becomes an explicit step count: `max_flops` C is turned into tokens with the paper's accounting
@@ -56,7 +61,9 @@ SPIKE_WARMUP_FRACTION = 0.1
 
 SUMMARY = "summary.json"
 DIVERGED = "diverged.json"
-_SWEEP_KEYS = {"name", "base", "overrides", "axes", "description"}
+_SWEEP_KEYS = {"name", "base", "overrides", "axes", "description", "smoke"}
+_SMOKE_KEYS = {"base", "overrides", "axes"}
+BUDGET_KEYS = ("max_steps", "max_tokens", "max_flops", "token_to_param_ratio", "max_time_minutes")
 # Settings that do not change what a run computes (where it runs, how it reports, resume bookkeeping).
 _RUNTIME_KEYS = {
     "out_dir",
@@ -104,7 +111,8 @@ class SweepSpec:
     description: str = ""
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> SweepSpec:
+    def from_yaml(cls, path: str | Path, *, smoke: bool = False) -> SweepSpec:
+        """The sweep in `path`, or its smoke variant."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"sweep file {path} does not exist")
@@ -112,17 +120,17 @@ class SweepSpec:
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise ConfigError(f"sweep file {path}: invalid YAML: {e}") from None
-        return cls.from_dict(raw, source=str(path), base_dir=path.parent)
+        return cls.from_dict(raw, source=str(path), base_dir=path.parent, smoke=smoke)
 
     @classmethod
-    def from_dict(cls, raw: Any, source: str = "sweep", base_dir: Path | None = None) -> SweepSpec:
+    def from_dict(
+        cls, raw: Any, source: str = "sweep", base_dir: Path | None = None, *, smoke: bool = False
+    ) -> SweepSpec:
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: expected a mapping with keys {', '.join(sorted(_SWEEP_KEYS))}")
-        unknown = set(raw) - _SWEEP_KEYS
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(_SWEEP_KEYS))})"
-            )
+        _check_keys(raw, _SWEEP_KEYS, source)
+        if smoke:
+            raw = _smoke_variant(raw, source)
         name = raw.get("name")
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
             raise ConfigError(
@@ -133,9 +141,7 @@ class SweepSpec:
             raise ConfigError(f"{source}: 'base' must be a run config name or path, got {base!r}")
         if base_dir is not None and base.endswith((".yaml", ".yml")) and not Path(base).is_absolute():
             base = str((base_dir / base).resolve())
-        overrides = raw.get("overrides") or {}
-        if not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
-            raise ConfigError(f"{source}: 'overrides' must be a mapping of setting -> value")
+        overrides = _overrides(raw.get("overrides"), f"{source}: 'overrides'")
         axes_raw = raw.get("axes") or []
         if not isinstance(axes_raw, list):
             raise ConfigError(f"{source}: 'axes' must be a list of mappings (one per axis)")
@@ -146,7 +152,26 @@ class SweepSpec:
                 if k in seen:
                     raise ConfigError(f"{source}: key {k!r} appears in axes[{seen[k]}] and axes[{i}]")
                 seen[k] = i
-        return cls(name, base, dict(overrides), axes, str(raw.get("description") or ""))
+        return cls(name, base, overrides, axes, str(raw.get("description") or ""))
+
+    def with_overrides(self, extra: dict[str, Any]) -> SweepSpec:
+        """This sweep with `extra` settings (dotted keys) for every point; a budget among them replaces the
+        sweep's budget. The axes are what the sweep is about: setting one of their keys is refused."""
+        extra = _overrides(extra, "overrides")
+        axis_keys = {k for axis in self.axes for k in axis.keys}
+        clash = sorted(set(extra) & axis_keys)
+        if clash:
+            raise ConfigError(f"sweep {self.name}: {', '.join(clash)} is an axis of the sweep, not a setting")
+        merged = dict(self.overrides)
+        if any(k in extra for k in BUDGET_KEYS):
+            axis_budgets = sorted(axis_keys & set(BUDGET_KEYS))
+            if axis_budgets:
+                raise ConfigError(
+                    f"sweep {self.name}: its budget is an axis ({', '.join(axis_budgets)}); "
+                    f"{', '.join(k for k in extra if k in BUDGET_KEYS)} cannot replace it"
+                )
+            merged = {k: v for k, v in merged.items() if k not in BUDGET_KEYS}
+        return dataclasses.replace(self, overrides={**merged, **extra})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,6 +181,39 @@ class SweepSpec:
             "overrides": self.overrides,
             "axes": [{k: [v[j] for v in a.values] for j, k in enumerate(a.keys)} for a in self.axes],
         }
+
+
+def _check_keys(raw: dict, known: set[str], where: str) -> None:
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))} (known: {', '.join(sorted(known))})"
+        )
+
+
+def _overrides(raw: Any, where: str) -> dict[str, Any]:
+    raw = raw or {}
+    if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
+        raise ConfigError(f"{where} must be a mapping of setting -> value")
+    return dict(raw)
+
+
+def _smoke_variant(raw: dict, source: str) -> dict:
+    """The sweep with its `smoke` section applied, named <name>-smoke."""
+    smoke = raw.get("smoke")
+    if not isinstance(smoke, dict):
+        raise ConfigError(f"{source}: no 'smoke' section (a mapping of {', '.join(sorted(_SMOKE_KEYS))})")
+    _check_keys(smoke, _SMOKE_KEYS, f"{source}: smoke")
+    out = {k: v for k, v in raw.items() if k != "smoke"}
+    out["name"] = f"{raw.get('name')}-smoke"
+    out["overrides"] = {
+        **_overrides(raw.get("overrides"), f"{source}: 'overrides'"),
+        **_overrides(smoke.get("overrides"), f"{source}: smoke.overrides"),
+    }
+    for key in ("base", "axes"):
+        if key in smoke:
+            out[key] = smoke[key]
+    return out
 
 
 def _parse_axis(raw: Any, where: str) -> Axis:
