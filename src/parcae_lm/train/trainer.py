@@ -10,7 +10,6 @@ with a TrainingError *before* anything is saved, so the last checkpoint on disk 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import math
 import os
@@ -28,14 +27,13 @@ from torch import nn
 from parcae_lm.bench import matmul_peak_flops
 from parcae_lm.cache import atomic_write_text
 from parcae_lm.checkpoint import save_pretrained
-from parcae_lm.config import create_config
+from parcae_lm.config.train import Precision, RunConfig, Strategy, default_run_name
 from parcae_lm.errors import ConfigError, TrainingError
 from parcae_lm.flops import flops_per_token
 from parcae_lm.model import build_model
 from parcae_lm.model.recurrence import DepthShard, TrainDraw
 from parcae_lm.runtime import keep_freed_memory
 from parcae_lm.train import checkpoint as ckpt
-from parcae_lm.train.config import Precision, RunConfig, Strategy, coerce_model_overrides
 from parcae_lm.train.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -63,7 +61,7 @@ def seed_everything(seed: int) -> None:
 
 
 def autocast_context(precision: Precision, device: torch.device):
-    use_bf16 = precision == Precision.BF16 or (precision == Precision.AUTO and device.type == "cuda")
+    use_bf16 = precision == Precision.bf16 or (precision == Precision.auto and device.type == "cuda")
     if use_bf16:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
@@ -71,8 +69,8 @@ def autocast_context(precision: Precision, device: torch.device):
 
 def prepare_data(cfg: RunConfig, info: DistInfo) -> tuple[Path, Path]:
     """(tokenizer_dir, shard_dir): the configured ones, or the default corpus built once (rank 0 first)."""
-    if cfg.shard_dir is not None:
-        shard_dir, tok_dir = Path(cfg.shard_dir), Path(cfg.tokenizer_dir)
+    if cfg.data.shard_dir is not None:
+        shard_dir, tok_dir = Path(cfg.data.shard_dir), Path(cfg.data.tokenizer_dir)
         if not shard_dir.is_dir():
             raise ConfigError(f"shard_dir {shard_dir} does not exist")
         if not tok_dir.is_dir():
@@ -81,30 +79,17 @@ def prepare_data(cfg: RunConfig, info: DistInfo) -> tuple[Path, Path]:
     from parcae_lm.data.default import prepare_default
 
     if info.is_main:  # other ranks wait, then find it cached (prepare_default also holds a file lock)
-        prepare_default(None, cfg.vocab_size, progress=cfg.progress)
+        prepare_default(None, cfg.data.vocab_size, progress=cfg.log.progress)
     barrier()
-    tok_dir, shard_dir = prepare_default(None, cfg.vocab_size, progress=False)
+    tok_dir, shard_dir = prepare_default(None, cfg.data.vocab_size, progress=False)
     return Path(tok_dir), Path(shard_dir)
-
-
-def build_model_config(cfg: RunConfig, vocab_size: int):
-    cls = type(create_config(cfg.model_name))
-    overrides = coerce_model_overrides(cfg.model, cls)
-    overrides.setdefault("vocab_size", vocab_size)
-    overrides.setdefault("block_size", cfg.seq_len)
-    mcfg = create_config(cfg.model_name, **overrides)
-    if mcfg.vocab_size < vocab_size:
-        raise ConfigError(f"model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's {vocab_size}")
-    if mcfg.block_size < cfg.seq_len:
-        raise ConfigError(f"model.block_size={mcfg.block_size} is shorter than seq_len={cfg.seq_len}")
-    return mcfg
 
 
 def eval_depths(cfg: RunConfig, mcfg, final: bool = False) -> list[int | None]:
     """Validation depths: the configured ones plus the mean recurrence (Parcae); [None] for GPT."""
     if not getattr(mcfg, "is_parcae", False):
         return [None]
-    chosen = cfg.final_val_depths if final and cfg.final_val_depths is not None else cfg.val_depths
+    chosen = cfg.eval.final_depths if final and cfg.eval.final_depths is not None else cfg.eval.depths
     return sorted(set(chosen) | {int(mcfg.mean_recurrence)})
 
 
@@ -235,14 +220,10 @@ class RunResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def default_run_name(config_name: str) -> str:
-    return f"{config_name}-{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M%S')}"
-
-
 def train(cfg: RunConfig, config_name: str = "run", start_time: float | None = None) -> RunResult:
     """Run the training job described by `cfg` (single process or under torchrun)."""
     t_start = start_time if start_time is not None else time.time()
-    info = init_distributed(cfg.device)
+    info = init_distributed(cfg.system.device)
     try:
         return _train(cfg, config_name, t_start, info)
     finally:
@@ -250,8 +231,8 @@ def train(cfg: RunConfig, config_name: str = "run", start_time: float | None = N
 
 
 def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> RunResult:
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    if cfg.system.threads is not None:
+        torch.set_num_threads(cfg.system.threads)
     if info.device.type == "cpu":
         keep_freed_memory()  # (the CLI already did; this covers train() called from Python)
     if info.device.type == "cuda":
@@ -285,22 +266,22 @@ def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> 
 
     # --- model and optimizer ------------------------------------------------------------------
     seed_everything(cfg.seed)
-    mcfg = build_model_config(cfg, tokenizer.vocab_size)
+    mcfg = cfg.model_config(tokenizer.vocab_size)
     raw = build_model(mcfg).to(info.device)
     n_params = sum(p.numel() for p in raw.parameters())
-    fpt = float(flops_per_token(mcfg, cfg.seq_len))
-    raw.activation_checkpointing = cfg.activation_checkpointing
-    if cfg.compile:
+    fpt = float(flops_per_token(mcfg, cfg.data.seq_len))
+    raw.activation_checkpointing = cfg.system.activation_checkpointing
+    if cfg.system.compile:
         raw.compile_blocks()  # before wrapping, so DDP/FSDP see the compiled blocks
-    model = wrap_model(raw, cfg.strategy, info)
-    optimizer = MuonAdamW(unwrap(model), cfg)
+    model = wrap_model(raw, cfg.system.strategy, info)
+    optimizer = MuonAdamW(unwrap(model), cfg.optim)
     depths = eval_depths(cfg, mcfg)
     final_depths = eval_depths(cfg, mcfg, final=True)
     compat = {
         "model_config": mcfg.to_dict(),
-        "seq_len": cfg.seq_len,
-        "global_batch_size": cfg.global_batch_size,
-        "micro_batch_size": cfg.micro_batch_size,
+        "seq_len": cfg.data.seq_len,
+        "global_batch_size": cfg.train.global_batch_size,
+        "micro_batch_size": cfg.train.micro_batch_size,
         "world_size": info.world_size,
         "seed": cfg.seed,
         "shard_dir": str(shard_dir),
@@ -311,13 +292,13 @@ def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> 
     loader = TokenLoader(
         shard_dir,
         "train",
-        cfg.micro_batch_size,
-        cfg.seq_len,
+        cfg.train.micro_batch_size,
+        cfg.data.seq_len,
         rank=info.rank,
         world_size=info.world_size,
         seed=cfg.seed,
         shuffle=True,
-        with_doc_ids=cfg.doc_masking,
+        with_doc_ids=cfg.data.doc_masking,
     )
     state = TrainerState()
     if resume_from is not None:
@@ -330,19 +311,19 @@ def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> 
     elif cfg.resume:
         log(f"no checkpoint in {ckpt_dir}: starting from scratch")
 
-    if info.device.type == "cpu" and cfg.threads is None:
+    if info.device.type == "cpu" and cfg.system.threads is None:
         candidates = torch.get_num_threads()
         threads, peak = pick_cpu_threads()
         log(f"CPU threads: {threads} (the fastest fp32 matmul among 1..{candidates})")
     else:
         peak = matmul_peak_flops(info.device, seconds=0.3)
-    eval_bs = cfg.eval_batch_size or cfg.micro_batch_size
+    eval_bs = cfg.eval.batch_size or cfg.train.micro_batch_size
     if max_steps is None and state.train_seconds is None:
         reserve = _final_reserve(model, shard_dir, final_depths, eval_bs, cfg, token_bytes, info)
-        budget_s = cfg.max_time_minutes * 60.0 - (time.time() - t_start) - reserve
+        budget_s = cfg.train.max_time_minutes * 60.0 - (time.time() - t_start) - reserve
         if budget_s <= 0:
             raise ConfigError(
-                f"max_time_minutes={cfg.max_time_minutes} leaves no time to train: data preparation took "
+                f"max_time_minutes={cfg.train.max_time_minutes} leaves no time to train: data preparation took "
                 f"{time.time() - t_start:.0f}s and the final evaluation needs about {reserve:.0f}s"
             )
         state.train_seconds = broadcast_object(budget_s)
@@ -350,8 +331,8 @@ def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> 
     setup_seconds = time.time() - t_start
     log(
         f"run {run_dir}: {type(raw).__name__} {mcfg.name} {n_params / 1e6:.2f}M params, "
-        f"{info.world_size} rank(s) x {cfg.micro_batch_size} seqs x {grad_accum} accum = {cfg.global_batch_size} "
-        f"seqs x {cfg.seq_len} tokens/step; "
+        f"{info.world_size} rank(s) x {cfg.train.micro_batch_size} seqs x {grad_accum} accum = {cfg.train.global_batch_size} "
+        f"seqs x {cfg.data.seq_len} tokens/step; "
         + (f"{max_steps} steps" if max_steps is not None else f"{budget.train_seconds:.0f}s of training")
         + f"; device {info.device}, matmul peak {peak / 1e9:.1f} GFLOP/s"
     )
@@ -359,9 +340,9 @@ def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> 
     metrics = (
         MetricsLogger(
             run_dir,
-            tensorboard=cfg.tensorboard,
-            wandb=cfg.wandb,
-            wandb_project=cfg.wandb_project,
+            tensorboard=cfg.log.tensorboard,
+            wandb=cfg.log.wandb,
+            wandb_project=cfg.log.wandb_project,
             run_name=run_name,
             config=cfg.to_dict(),
             resume_step=state.step if resume_from is not None else None,
@@ -395,7 +376,7 @@ def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> 
             shard_dir,
             final_depths,
             eval_bs,
-            cfg.seq_len,
+            cfg.data.seq_len,
             token_bytes,
             info,
             max_batches=None,
@@ -406,7 +387,7 @@ def _train(cfg: RunConfig, config_name: str, t_start: float, info: DistInfo) -> 
     finally:
         if metrics is not None:
             metrics.close()
-    final_model = _full_model(model, raw, mcfg, cfg.strategy)
+    final_model = _full_model(model, raw, mcfg, cfg.system.strategy)
     summary: dict[str, Any] = {}
     if info.is_main:
         save_pretrained(final_model, run_dir)
@@ -458,16 +439,16 @@ def _point_latest(run_dir: Path) -> None:
 
 
 def _max_steps(cfg: RunConfig, fpt: float, n_params: int) -> int | None:
-    if cfg.max_time_minutes is not None:
+    if cfg.train.max_time_minutes is not None:
         return None
-    if cfg.max_steps is not None:
-        return cfg.max_steps
-    if cfg.max_tokens is not None:
-        tokens = cfg.max_tokens
-    elif cfg.max_flops is not None:
-        tokens = cfg.max_flops / fpt
+    if cfg.train.max_steps is not None:
+        return cfg.train.max_steps
+    if cfg.train.max_tokens is not None:
+        tokens = cfg.train.max_tokens
+    elif cfg.train.max_flops is not None:
+        tokens = cfg.train.max_flops / fpt
     else:
-        tokens = cfg.token_to_param_ratio * n_params
+        tokens = cfg.train.token_to_param_ratio * n_params
     steps = int(tokens // cfg.tokens_per_step)
     if steps < 1:
         raise ConfigError(
@@ -482,10 +463,10 @@ def _final_reserve(model, shard_dir, depths, eval_bs, cfg, token_bytes, info) ->
     margin for saving, samples and plots."""
     from parcae_lm.data.loader import iter_eval_batches
 
-    n_batches = sum(1 for _ in iter_eval_batches(shard_dir, "val", eval_bs, cfg.seq_len))
-    evaluate(model, shard_dir, depths, eval_bs, cfg.seq_len, token_bytes, info, max_batches=1)
+    n_batches = sum(1 for _ in iter_eval_batches(shard_dir, "val", eval_bs, cfg.data.seq_len))
+    evaluate(model, shard_dir, depths, eval_bs, cfg.data.seq_len, token_bytes, info, max_batches=1)
     t = time.perf_counter()
-    evaluate(model, shard_dir, depths, eval_bs, cfg.seq_len, token_bytes, info, max_batches=1)
+    evaluate(model, shard_dir, depths, eval_bs, cfg.data.seq_len, token_bytes, info, max_batches=1)
     per_batch = time.perf_counter() - t
     return per_batch * math.ceil(n_batches / info.world_size) * 1.15 + FINAL_RESERVE_MARGIN_S
 
@@ -548,7 +529,7 @@ def _loop(run: _Run, state: TrainerState, budget: Budget, grad_accum: int) -> No
     params = [p for p in raw.parameters() if p.requires_grad]
     data_iter = iter(loader)
     bar = None
-    if info.is_main and cfg.progress:
+    if info.is_main and cfg.log.progress:
         if budget.max_steps is not None:
             bar = tqdm(total=budget.max_steps, initial=state.step, unit="step", dynamic_ncols=True)
         else:
@@ -578,15 +559,17 @@ def _loop(run: _Run, state: TrainerState, budget: Budget, grad_accum: int) -> No
         t0 = time.perf_counter()
         progress = budget.progress(state.step, state.train_elapsed)
         optimizer.set_schedule(
-            lr_factor(progress, budget.step_fraction(last_step_s), cfg),
-            muon_momentum(state.step, cfg),
-            muon_weight_decay(progress, cfg),
+            lr_factor(progress, budget.step_fraction(last_step_s), cfg.optim),
+            muon_momentum(state.step, cfg.optim),
+            muon_weight_decay(progress, cfg.optim),
         )
         batches = [next(data_iter) for _ in range(grad_accum)]
-        track = (state.step + 1) % cfg.log_interval == 0
-        step_loss, loop_stats = accumulate_gradients(model, batches, state.step, info, cfg.precision, track)
+        track = (state.step + 1) % cfg.log.interval == 0
+        step_loss, loop_stats = accumulate_gradients(
+            model, batches, state.step, info, cfg.system.precision, track
+        )
         state.micro_step += grad_accum
-        grad_norm = _clip_grad_norm(params, cfg.grad_clip)
+        grad_norm = _clip_grad_norm(params, cfg.train.grad_clip)
         nonfinite |= ~torch.isfinite(step_loss) | ~torch.isfinite(grad_norm)
         optimizer.step()
         optimizer.zero_grad()
@@ -603,7 +586,7 @@ def _loop(run: _Run, state: TrainerState, budget: Budget, grad_accum: int) -> No
                 bar.update(min(last_step_s, bar.total - bar.n))
 
         finished = budget.done(state.step, state.train_elapsed, last_step_s)
-        if state.step % cfg.log_interval == 0 or finished:
+        if state.step % cfg.log.interval == 0 or finished:
             check_finite("training")
             record = _train_record(run, state, window, grad_norm, progress, loop_stats)
             if metrics is not None:
@@ -616,7 +599,7 @@ def _loop(run: _Run, state: TrainerState, budget: Budget, grad_accum: int) -> No
                     refresh=False,
                 )
             window.reset()
-        if (state.step % cfg.eval_interval == 0) and not finished:
+        if (state.step % cfg.eval.interval == 0) and not finished:
             check_finite("evaluation")
             t_eval = time.perf_counter()
             val = evaluate(
@@ -624,17 +607,17 @@ def _loop(run: _Run, state: TrainerState, budget: Budget, grad_accum: int) -> No
                 shard_dir,
                 depths,
                 eval_bs,
-                cfg.seq_len,
+                cfg.data.seq_len,
                 token_bytes,
                 info,
-                max_batches=cfg.eval_batches,
+                max_batches=cfg.eval.batches,
             )
             if metrics is not None:
                 metrics.log(
                     {"kind": "val", "step": state.step, **val, "eval_s": time.perf_counter() - t_eval}
                 )
             window.t0 += time.perf_counter() - t_eval  # keep throughput about training only
-        if state.step % cfg.save_interval == 0 or finished:
+        if state.step % cfg.checkpoint.interval == 0 or finished:
             # The update itself could have produced non-finite weights: never persist those.
             local = [
                 p.to_local() if hasattr(p, "to_local") else p for p in params
@@ -649,7 +632,7 @@ def _loop(run: _Run, state: TrainerState, budget: Budget, grad_accum: int) -> No
                 state.to_dict(),
                 loader.state_dict(),
                 compat,
-                cfg.keep_last_k,
+                cfg.checkpoint.keep_last_k,
             )
         # Periodic evaluation and checkpoints spend the same wall clock as training steps: a time budget
         # counts them (the next step's progress sees it), so the whole run still ends on time.
@@ -684,7 +667,9 @@ def accumulate_gradients(
     for micro, batch in enumerate(batches):
         x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         doc_ids = batch[2].to(device, non_blocking=True) if len(batch) > 2 else None
-        draw = TrainDraw(step, DepthShard(index=micro * info.world_size + info.rank, count=info.world_size * accum))
+        draw = TrainDraw(
+            step, DepthShard(index=micro * info.world_size + info.rank, count=info.world_size * accum)
+        )
         diagnostics = track_diagnostics and micro == accum - 1
         with no_grad_sync(model, last_micro=micro == accum - 1), autocast_context(precision, device):
             out = model(x, labels=y, return_logits=False, doc_ids=doc_ids, draw=draw, diagnostics=diagnostics)
@@ -742,7 +727,7 @@ def _train_record(
 
 def _full_model(model: nn.Module, raw: nn.Module, mcfg, strategy: Strategy) -> nn.Module | None:
     """The unsharded model on rank 0 (a plain copy for FSDP, the module itself otherwise); a collective."""
-    if strategy != Strategy.FSDP or not (
+    if strategy != Strategy.fsdp or not (
         torch.distributed.is_available() and torch.distributed.is_initialized()
     ):
         return raw
@@ -763,14 +748,14 @@ def write_samples(model: nn.Module, tokenizer, cfg: RunConfig, path: Path) -> li
     model.eval()
     device = next(model.parameters()).device
     out = []
-    for i, prompt in enumerate(cfg.sample_prompts):
+    for i, prompt in enumerate(cfg.sample.prompts):
         ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]  # as in training: documents start with BOS
         gen = torch.Generator(device=device).manual_seed(cfg.seed + i)
         x = torch.tensor([ids], dtype=torch.long, device=device)
         y = model.generate(
             x,
-            max_new_tokens=cfg.sample_tokens,
-            temperature=cfg.sample_temperature,
+            max_new_tokens=cfg.sample.tokens,
+            temperature=cfg.sample.temperature,
             top_k=None,
             generator=gen,
             eos_id=tokenizer.eos_id,
@@ -778,7 +763,7 @@ def write_samples(model: nn.Module, tokenizer, cfg: RunConfig, path: Path) -> li
         out.append({"prompt": prompt, "text": prompt + tokenizer.decode(y[0, len(ids) :].tolist())})
     model.train(was_training)
     text = "".join(
-        f"=== {s['prompt']!r} (temperature {cfg.sample_temperature}) ===\n{s['text']}\n\n" for s in out
+        f"=== {s['prompt']!r} (temperature {cfg.sample.temperature}) ===\n{s['text']}\n\n" for s in out
     )
     atomic_write_text(path, text)
     return out
