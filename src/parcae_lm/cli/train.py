@@ -14,7 +14,7 @@ import sys
 import time
 
 from parcae_lm.config.train import load_run_config, packaged_config_names, run_parser
-from parcae_lm.train.trainer import train
+from parcae_lm.train.run import train
 
 HELP_FLAGS = ("-h", "--help")
 

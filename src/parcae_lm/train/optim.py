@@ -111,6 +111,15 @@ class MuonAdamW:
             out["muon_lr"] = self.muon.param_groups[0]["lr"]
         return out
 
+    @property
+    def hyperparameters(self) -> dict[str, float]:
+        """The scheduled values now: LRs, and Muon's momentum and weight decay."""
+        out = self.lrs
+        if self.muon is not None:
+            out["muon_momentum"] = self.muon.param_groups[0]["momentum"]
+            out["muon_wd"] = self.muon.param_groups[0]["weight_decay"]
+        return out
+
 
 # ---------------------------------------------------------------------- schedules
 
