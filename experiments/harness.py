@@ -6,7 +6,7 @@ markdown and PNG figures. Running the script
 
     python experiments/<name>.py [--smoke] [--out DIR] [--set KEY=VALUE ...]
 
-runs (or resumes: finished points are skipped) the sweep through `parcae_lm.scaling.sweep.run_sweep`,
+runs (or resumes: finished points are skipped) the sweep through `parcae_lm.scaling.runner.run_sweep`,
 which trains every point with the library's `train`, then analyses it and writes DIR/report.md,
 DIR/figures/*.png and, when the analysis produces fits, DIR/analysis.json. DIR defaults to
 studies/<sweep name>.
@@ -25,18 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from jsonargparse import get_loader
 
 from parcae_lm.cache import atomic_write_text, cache_dir, file_lock
 from parcae_lm.data.corpus import shakespeare_corpus
 from parcae_lm.data.default import prepare_default
 from parcae_lm.data.shards import prepare
 from parcae_lm.errors import ConfigError, ParcaeError
-from parcae_lm.scaling.sweep import SweepResult, SweepSpec, run_sweep
+from parcae_lm.scaling.runner import SweepResult, run_sweep
+from parcae_lm.scaling.sweep import SweepSpec
 from parcae_lm.scaling.table import json_safe
 from parcae_lm.tokenizer import Tokenizer
 from parcae_lm.train.telemetry import read_metrics
 
+parse_value = get_loader("yaml")  # as `parcae train` reads a flag's value: 1e6 is a number
 STUDY_VAL_CHARS = 800  # characters kept from the start of each work's validation tail (42 works, ~10k tokens)
 STUDY_RECIPE = 1  # bump when the study split changes
 
@@ -99,7 +101,7 @@ def train_curve(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def with_data(spec: SweepSpec, data: tuple[Path, Path]) -> SweepSpec:
     """The sweep, training on the given (tokenizer_dir, shard_dir)."""
-    return spec.with_overrides({"tokenizer_dir": str(data[0]), "shard_dir": str(data[1])})
+    return spec.with_overrides({"data.tokenizer_dir": str(data[0]), "data.shard_dir": str(data[1])})
 
 
 def run(
@@ -115,7 +117,7 @@ def run(
 ) -> tuple[SweepResult, Report]:
     """Run (or resume) the sweep in `sweep_file`, analyse it, and write report.md (+ figures) to `out_dir`.
 
-    `overrides` (dotted keys, e.g. {"max_steps": 1800}) change every point; a budget among them replaces
+    `overrides` (dotted keys, e.g. {"train.max_steps": 1800}) change every point; a budget among them replaces
     the sweep's, and the sweep's axes cannot be overridden."""
     data = data or study_data()
     spec = with_data(SweepSpec.from_yaml(sweep_file, smoke=smoke), data)
@@ -145,7 +147,7 @@ def main(sweep_file: str | Path, analyse: Analysis, argv: Sequence[str] | None =
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="change a setting of every point (dotted keys, YAML values), e.g. --set max_steps=1800",
+        help="change a setting of every point (dotted keys, YAML values), e.g. --set train.max_steps=1800",
     )
     args = p.parse_args(argv)
     try:
@@ -154,7 +156,7 @@ def main(sweep_file: str | Path, analyse: Analysis, argv: Sequence[str] | None =
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
                 raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-            overrides[key.strip()] = yaml.safe_load(value)
+            overrides[key.strip()] = parse_value(value)
         result, report = run(
             sweep_file, analyse, args.out, smoke=args.smoke, overrides=overrides, fig_dir=args.figures
         )

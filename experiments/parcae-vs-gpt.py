@@ -16,7 +16,7 @@ from harness import Context, Report, main, train_curve
 
 from parcae_lm.scaling.plots import save_figure
 from parcae_lm.scaling.report import markdown_table
-from parcae_lm.scaling.sweep import SweepResult
+from parcae_lm.scaling.runner import SweepResult
 
 SWEEP = Path(__file__).with_suffix(".yaml")
 COLUMNS = [

@@ -17,7 +17,7 @@ from parcae_lm.errors import ConfigError
 from parcae_lm.scaling import plots
 from parcae_lm.scaling.isoflop import fit_isoflop
 from parcae_lm.scaling.report import markdown_isoflop, markdown_table
-from parcae_lm.scaling.sweep import SweepResult
+from parcae_lm.scaling.runner import SweepResult
 from parcae_lm.scaling.table import FLOPS, LOSS, MEAN_RECURRENCE, TOKENS, RunTable
 
 SWEEP = Path(__file__).with_suffix(".yaml")

@@ -14,16 +14,17 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from harness import Context, Report, main, train_curve
 
+from parcae_lm.scaling.collect import SPIKE_FACTOR, SPIKE_WARMUP_FRACTION
 from parcae_lm.scaling.plots import save_figure
 from parcae_lm.scaling.report import markdown_table
-from parcae_lm.scaling.sweep import SPIKE_FACTOR, SPIKE_WARMUP_FRACTION, SweepResult
+from parcae_lm.scaling.runner import SweepResult
 
 SWEEP = Path(__file__).with_suffix(".yaml")
-INJECTION = "model.injection_type"
+INJECTION, ADAM_LR, MUON_LR = "model.injection_type", "optim.adam_lr", "optim.muon_lr"
 COLUMNS = [
     (INJECTION, "injection"),
-    ("adam_lr", "Adam LR"),
-    ("muon_lr", "Muon LR"),
+    (ADAM_LR, "Adam LR"),
+    (MUON_LR, "Muon LR"),
     ("status", "status"),
     ("diverged", "diverged"),
     ("loss_spikes", "spikes"),
@@ -41,14 +42,14 @@ CURVES = [("loss", "train loss"), ("state_norm", "state norm ‖h_T‖"), ("spec
 
 def analyse(result: SweepResult, context: Context) -> Report:
     order = {p.settings[INJECTION]: i for i, p in reversed(list(enumerate(result.points)))}
-    rows = sorted(result.rows, key=lambda r: (order[r[INJECTION]], r["adam_lr"]))
+    rows = sorted(result.rows, key=lambda r: (order[r[INJECTION]], r[ADAM_LR]))
     markdown = (
         f"Divergence: stopped on a non-finite value, or final train loss > {SPIKE_FACTOR}x its running "
         f"minimum. Loss spike: a logged train loss > {SPIKE_FACTOR}x the running minimum, after the first "
         f"{SPIKE_WARMUP_FRACTION:.0%} of steps.\n\n" + markdown_table(rows, COLUMNS)
     )
     injections = list(dict.fromkeys(r[INJECTION] for r in rows))
-    lrs = sorted({r["adam_lr"] for r in rows})
+    lrs = sorted({r[ADAM_LR] for r in rows})
     colors = dict(zip(lrs, plt.cm.viridis([i / max(len(lrs) - 1, 1) * 0.9 for i in range(len(lrs))])))
     fig, axes = plt.subplots(3, len(injections), figsize=(4.2 * len(injections), 9), squeeze=False)
     for j, injection in enumerate(injections):
@@ -59,7 +60,7 @@ def analyse(result: SweepResult, context: Context) -> Report:
                 if points:
                     style = "--" if r["diverged"] else "-"
                     axes[i][j].plot(
-                        *zip(*points), style, color=colors[r["adam_lr"]], label=f"adam {r['adam_lr']:g}"
+                        *zip(*points), style, color=colors[r[ADAM_LR]], label=f"adam {r[ADAM_LR]:g}"
                     )
                     axes[i][j].set_ylabel(label)
         axes[0][j].set_title(f"injection = {injection}")

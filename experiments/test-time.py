@@ -21,7 +21,7 @@ from parcae_lm.checkpoint import from_pretrained
 from parcae_lm.eval.bpb import evaluate_bpb, shard_batches
 from parcae_lm.scaling import plots
 from parcae_lm.scaling.report import markdown_table, markdown_testtime
-from parcae_lm.scaling.sweep import SweepResult
+from parcae_lm.scaling.runner import SweepResult
 from parcae_lm.scaling.table import LOSS, MEAN_RECURRENCE, NUM_STEPS, RunTable, write_table
 from parcae_lm.scaling.testtime import fit_test_time_groups
 from parcae_lm.tokenizer import Tokenizer
@@ -58,7 +58,7 @@ def depth_sweep(
 
 def analyse(result: SweepResult, context: Context) -> Report:
     depths = SMOKE_DEPTHS if context.smoke else DEPTHS
-    seq_len = result.points[0].config.seq_len
+    seq_len = result.points[0].config.data.seq_len
     ok = sorted((r for r in result.rows if r["status"] == "ok"), key=lambda r: r[MEAN_RECURRENCE])
     rows = depth_sweep(
         [r["run_dir"] for r in ok], context.data[1], depths, seq_len, None if context.smoke else EVAL_TOKENS

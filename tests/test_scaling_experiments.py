@@ -51,7 +51,7 @@ def run_smoke(scripts, name: str, out: Path, data, **overrides):
 
 
 def test_smoke_study_end_to_end(scripts, data, tmp_path):
-    result, report = run_smoke(scripts, "test-time", tmp_path, data, overrides={"max_steps": 3})
+    result, report = run_smoke(scripts, "test-time", tmp_path, data, overrides={"train.max_steps": 3})
     assert len(result.rows) == 2 and all(r["status"] == "ok" for r in result.rows)
     assert all(r["steps"] == 3 for r in result.rows)  # the override replaced the preset's budget
     fits = json.loads((tmp_path / "analysis.json").read_text())["fits"]["fits"]
@@ -79,14 +79,14 @@ def test_study_overrides_cannot_change_axes(scripts, data, tmp_path):
     with pytest.raises(ConfigError, match="axis of the"):
         run_smoke(scripts, "test-time", tmp_path, data, overrides={"model.mean_recurrence": 5})
     with pytest.raises(ConfigError, match="its budget is an axis"):
-        run_smoke(scripts, "scaling", tmp_path, data, overrides={"max_steps": 5})
+        run_smoke(scripts, "scaling", tmp_path, data, overrides={"train.max_steps": 5})
 
 
 @pytest.mark.parametrize("name", [n for n in STUDIES if n != "test-time"])
 def test_every_smoke_study_runs(name, scripts, data, tmp_path):
     """The other three studies' smoke variants run end to end too (the test-time one is checked above)."""
     # The scaling study's budgets are FLOPs (its axis); the others are shortened to 2 steps.
-    overrides = {} if name == "scaling" else {"max_steps": 2}
+    overrides = {} if name == "scaling" else {"train.max_steps": 2}
     result, report = run_smoke(scripts, name, tmp_path, data, overrides=overrides)
     assert len(result.rows) >= 2 and all(r["status"] in ("ok", "diverged") for r in result.rows)
     assert (tmp_path / "report.md").read_text().strip()
@@ -96,7 +96,9 @@ def test_every_smoke_study_runs(name, scripts, data, tmp_path):
 
 def test_script_command_line_errors(scripts, capsys):
     harness = scripts["harness"]
-    assert harness.main(scripts["scaling"].SWEEP, scripts["scaling"].analyse, ["--set", "max_steps"]) == 1
+    assert (
+        harness.main(scripts["scaling"].SWEEP, scripts["scaling"].analyse, ["--set", "train.max_steps"]) == 1
+    )
     err = capsys.readouterr().err
     assert "--set expects KEY=VALUE" in err and "Traceback" not in err
 

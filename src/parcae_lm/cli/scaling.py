@@ -20,11 +20,22 @@ import numpy as np
 from parcae_lm.cache import atomic_write_text
 from parcae_lm.errors import ConfigError
 from parcae_lm.scaling import plots, report
-from parcae_lm.scaling import table as F
+from parcae_lm.scaling.emit import Emit, emit_commands
 from parcae_lm.scaling.isoflop import Bootstrap, fit_isoflop
 from parcae_lm.scaling.laws import effective_params, fit_parametric, fit_unified
+from parcae_lm.scaling.runner import run_sweep
 from parcae_lm.scaling.solver import HUBER_DELTA, HuberSettings
-from parcae_lm.scaling.sweep import Emit, SweepSpec, emit_commands, expand, run_sweep
+from parcae_lm.scaling.sweep import SweepSpec, expand
+from parcae_lm.scaling.table import (
+    FLOPS,
+    LOSS,
+    MEAN_RECURRENCE,
+    N_EFF,
+    NUM_STEPS,
+    TOKENS,
+    RunTable,
+    json_safe,
+)
 from parcae_lm.scaling.testtime import fit_test_time_groups
 
 
@@ -45,15 +56,13 @@ def _register_fit(subparsers) -> None:
         q = sub.add_parser(name, help=help, description=help)
         q.add_argument("results", type=Path, help="results table (.csv or .jsonl, one run per row)")
         q.add_argument("--out", type=Path, required=True, help="output directory for JSON, markdown and PNGs")
-        q.add_argument("--loss-col", default=F.LOSS, help=f"loss column (default: {F.LOSS})")
+        q.add_argument("--loss-col", default=LOSS, help=f"loss column (default: {LOSS})")
         return q
 
     def law_options(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--tokens-col", default=F.TOKENS, help=f"training-tokens column (default: {F.TOKENS})")
-        q.add_argument(
-            "--mu-col", default=F.MEAN_RECURRENCE, help=f"μ_rec column (default: {F.MEAN_RECURRENCE})"
-        )
-        q.add_argument("--n-col", default=F.N_EFF, help=f"effective-parameter column (default: {F.N_EFF})")
+        q.add_argument("--tokens-col", default=TOKENS, help=f"training-tokens column (default: {TOKENS})")
+        q.add_argument("--mu-col", default=MEAN_RECURRENCE, help=f"μ_rec column (default: {MEAN_RECURRENCE})")
+        q.add_argument("--n-col", default=N_EFF, help=f"effective-parameter column (default: {N_EFF})")
         q.add_argument(
             "--core-params",
             type=float,
@@ -70,12 +79,12 @@ def _register_fit(subparsers) -> None:
         q.add_argument("--seed", type=int, default=0)
 
     q = common("isoflop", "iso-FLOP analysis: per-budget parabolas and power laws of the optima")
-    q.add_argument("--flops-col", default=F.FLOPS, help=f"nominal FLOP-budget column (default: {F.FLOPS})")
+    q.add_argument("--flops-col", default=FLOPS, help=f"nominal FLOP-budget column (default: {FLOPS})")
     q.add_argument(
         "--x-cols",
         nargs="+",
-        default=[F.MEAN_RECURRENCE, F.TOKENS],
-        help=f"columns whose optimum to fit per budget (default: {F.MEAN_RECURRENCE} {F.TOKENS})",
+        default=[MEAN_RECURRENCE, TOKENS],
+        help=f"columns whose optimum to fit per budget (default: {MEAN_RECURRENCE} {TOKENS})",
     )
     q.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default: 1000)")
     q.add_argument("--ci", type=float, default=0.95, help="confidence level (default: 0.95)")
@@ -102,25 +111,25 @@ def _register_fit(subparsers) -> None:
 
     q = common("testtime", "test-time law L(T) = L∞ + Z·exp(−z·T), one fit per model")
     q.add_argument(
-        "--steps-col", default=F.NUM_STEPS, help=f"test-time recurrence column (default: {F.NUM_STEPS})"
+        "--steps-col", default=NUM_STEPS, help=f"test-time recurrence column (default: {NUM_STEPS})"
     )
     q.add_argument(
         "--group-col",
-        help=f"one curve per value of this column (default: {F.MEAN_RECURRENCE} if present, else one curve)",
+        help=f"one curve per value of this column (default: {MEAN_RECURRENCE} if present, else one curve)",
     )
     q.set_defaults(func=fit_testtime_cmd)
 
     q = common("unified", "unified law L = E + X·N^(−x) + Y·D^(−y) + Z·exp(−z·T/μ_rec^γ)")
     law_options(q)
     q.add_argument(
-        "--steps-col", default=F.NUM_STEPS, help=f"test-time recurrence column (default: {F.NUM_STEPS})"
+        "--steps-col", default=NUM_STEPS, help=f"test-time recurrence column (default: {NUM_STEPS})"
     )
     q.add_argument("--learn-gamma", action="store_true", help="fit γ too (the paper fixes γ = 1)")
     q.set_defaults(func=fit_unified_cmd)
 
 
 def fit_isoflop_cmd(args) -> int:
-    table = F.RunTable.read(args.results)
+    table = RunTable.read(args.results)
     flops, loss = table.numeric(args.flops_col), table.numeric(args.loss_col)
     results, files, md = {}, [], []
     for col in args.x_cols:
@@ -143,7 +152,7 @@ def fit_isoflop_cmd(args) -> int:
     return _finish(args, "isoflop", table, columns, results, "\n".join(md), files)
 
 
-def _n_eff(args, table: F.RunTable) -> tuple[np.ndarray, str]:
+def _n_eff(args, table: RunTable) -> tuple[np.ndarray, str]:
     if args.core_params is None:
         if args.other_params is not None:
             raise ConfigError("--other-params needs --core-params")
@@ -161,22 +170,22 @@ def _huber_settings(args) -> HuberSettings:
 
 
 def fit_parametric_cmd(args) -> int:
-    table = F.RunTable.read(args.results)
+    table = RunTable.read(args.results)
     n_eff, n_source = _n_eff(args, table)
     tokens, loss = table.numeric(args.tokens_col), table.numeric(args.loss_col)
     fit = fit_parametric(n_eff, tokens, loss, _huber_settings(args))
     title = f"L = E + A·N^(−{fit['alpha']:.3f}) + B·D^(−{fit['beta']:.3f})"
-    predicted = fit.predict({F.N_EFF: n_eff, F.TOKENS: tokens})
+    predicted = fit.predict({N_EFF: n_eff, TOKENS: tokens})
     files = [plots.plot_parity(loss, predicted, args.out / "parametric_parity.png", title=title)]
     columns = {"n_eff": n_source, "tokens": args.tokens_col, "loss": args.loss_col}
     return _finish(args, "parametric", table, columns, fit.to_dict(), report.markdown_law(fit), files)
 
 
 def fit_testtime_cmd(args) -> int:
-    table = F.RunTable.read(args.results)
+    table = RunTable.read(args.results)
     group_col = args.group_col
-    if group_col is None and table.has(F.MEAN_RECURRENCE):
-        group_col = F.MEAN_RECURRENCE
+    if group_col is None and table.has(MEAN_RECURRENCE):
+        group_col = MEAN_RECURRENCE
     groups = table.raw(group_col) if group_col else None
     fits = fit_test_time_groups(
         table.numeric(args.steps_col), table.numeric(args.loss_col), groups, group_column=group_col
@@ -187,13 +196,13 @@ def fit_testtime_cmd(args) -> int:
 
 
 def fit_unified_cmd(args) -> int:
-    table = F.RunTable.read(args.results)
+    table = RunTable.read(args.results)
     n_eff, n_source = _n_eff(args, table)
     mu, tokens = table.numeric(args.mu_col), table.numeric(args.tokens_col)
     steps, loss = table.numeric(args.steps_col), table.numeric(args.loss_col)
     settings = _huber_settings(args)
     fit = fit_unified(mu, n_eff, tokens, steps, loss, learn_gamma=args.learn_gamma, settings=settings)
-    data = {F.MEAN_RECURRENCE: mu, F.N_EFF: n_eff, F.TOKENS: tokens, F.NUM_STEPS: steps}
+    data = {MEAN_RECURRENCE: mu, N_EFF: n_eff, TOKENS: tokens, NUM_STEPS: steps}
     files = [
         plots.plot_parity(
             loss,
@@ -214,11 +223,11 @@ def fit_unified_cmd(args) -> int:
     return _finish(args, "unified", table, columns, fit.to_dict(), report.markdown_law(fit), files)
 
 
-def _finish(args, kind: str, table: F.RunTable, columns: dict, result: dict, markdown: str, files) -> int:
+def _finish(args, kind: str, table: RunTable, columns: dict, result: dict, markdown: str, files) -> int:
     out: Path = args.out
     payload = {"source": table.source, "rows": len(table.rows), "columns": columns, "result": result}
     json_path, md_path = out / f"{kind}.json", out / f"{kind}.md"
-    atomic_write_text(json_path, json.dumps(F.json_safe(payload), indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(json_safe(payload), indent=2) + "\n")
     atomic_write_text(md_path, f"# {kind} fit of {table.source}\n\n{markdown}")
     print(markdown)
     for path in [json_path, md_path, *files]:
@@ -235,7 +244,7 @@ def _register_sweep(subparsers) -> None:
         "sweep",
         help="run a grid of training runs from a sweep YAML (resumable), or emit torchrun/Slurm commands",
         description="Expand SWEEP.yaml (base run config + axes) into runs, derive each point's steps from its "
-        "budget (FLOPs via parcae_lm.flops), run the unfinished points one after another and write "
+        "budget, run the unfinished points one after another and write "
         "results.csv / results.jsonl (the columns `parcae fit` reads).",
     )
     p.add_argument("sweep", type=Path, help="sweep file (YAML: name, base, overrides, axes, smoke)")
@@ -246,7 +255,8 @@ def _register_sweep(subparsers) -> None:
         type=Emit,
         choices=list(Emit),
         metavar="{" + ",".join(e.value for e in Emit) + "}",
-        help="print one command per unfinished point instead of running it",
+        help="instead of running: write each unfinished point's run config to OUT/configs/ and print one "
+        "`parcae train --config` command per point",
     )
     p.add_argument("--nproc-per-node", type=int, default=8, help="processes (GPUs) per point with --emit")
     p.add_argument(
@@ -291,7 +301,7 @@ def sweep_cmd(args) -> int:
         f"finished; {len(result.rows)} rows"
     )
     for row in result.rows:
-        loss = row.get(F.LOSS)
+        loss = row.get(LOSS)
         print(f"  {row['point']}: {row['status']}, val_loss {'-' if loss is None else f'{loss:.4f}'}")
     print(f"wrote {result.csv}\nwrote {result.jsonl}")
     return 0
