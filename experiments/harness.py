@@ -136,9 +136,11 @@ def run(
     return result, report
 
 
-def main(sweep_file: str | Path, analyse: Analysis, argv: Sequence[str] | None = None) -> int:
-    """The command line of an experiment script."""
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[1])
+def main(
+    sweep_file: str | Path, analyse: Analysis, description: str, argv: Sequence[str] | None = None
+) -> int:
+    """The command line of an experiment script (`description`: its docstring, for --help)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="the seconds-long variant (tiny model, a few steps)")
     p.add_argument("--out", type=Path, help="output directory (default: studies/<sweep name>)")
     p.add_argument("--figures", type=Path, help="directory for the PNG plots (default: OUT/figures)")

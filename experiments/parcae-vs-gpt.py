@@ -51,4 +51,4 @@ def analyse(result: SweepResult, context: Context) -> Report:
 
 
 if __name__ == "__main__":
-    sys.exit(main(SWEEP, analyse))
+    sys.exit(main(SWEEP, analyse, __doc__))

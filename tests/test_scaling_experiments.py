@@ -95,10 +95,8 @@ def test_every_smoke_study_runs(name, scripts, data, tmp_path):
 
 
 def test_script_command_line_errors(scripts, capsys):
-    harness = scripts["harness"]
-    assert (
-        harness.main(scripts["scaling"].SWEEP, scripts["scaling"].analyse, ["--set", "train.max_steps"]) == 1
-    )
+    harness, scaling = scripts["harness"], scripts["scaling"]
+    assert harness.main(scaling.SWEEP, scaling.analyse, scaling.__doc__, ["--set", "train.max_steps"]) == 1
     err = capsys.readouterr().err
     assert "--set expects KEY=VALUE" in err and "Traceback" not in err
 
