@@ -21,16 +21,12 @@ import pytest
 
 from parcae_lm.cli import main
 from parcae_lm.errors import ConfigError
-from parcae_lm.scaling.fit import (
-    Bootstrap,
-    RunTable,
-    effective_params,
-    fit_isoflop,
-    fit_parametric,
-    fit_test_time,
-    fit_test_time_groups,
-    fit_unified,
-)
+from parcae_lm.scaling.isoflop import Bootstrap, fit_isoflop
+from parcae_lm.scaling.laws import effective_params, fit_parametric, fit_unified
+from parcae_lm.scaling.report import markdown_isoflop, markdown_testtime
+from parcae_lm.scaling.solver import HuberSettings
+from parcae_lm.scaling.table import RunTable
+from parcae_lm.scaling.testtime import fit_test_time, fit_test_time_groups
 
 BUDGETS = np.array([1, 2, 4, 8, 16, 64]) * 1e18
 MUS = [2, 4, 6, 8, 10, 12]
@@ -158,7 +154,7 @@ def test_isoflop_excludes_budget_without_interior_optimum():
     last = fit.budgets[-1]
     assert not last.used and "outside" in last.note
     assert fit.power_law.exponent == pytest.approx(A_MU, abs=1e-9)  # fitted on the 5 good budgets
-    assert "no: optimum lies outside" in fit.to_markdown()
+    assert "no: optimum lies outside" in markdown_isoflop(fit)
 
 
 def test_isoflop_bad_input():
@@ -197,29 +193,30 @@ def test_effective_params():
 
 def test_parametric_recovers_paper_law():
     n, d, clean = parametric_data(noise=0.0)
-    fit = fit_parametric(n, d, clean, n_starts=8)
-    assert (fit.alpha, fit.beta) == pytest.approx((ALPHA, BETA), abs=1e-4)
-    np.testing.assert_allclose([fit.E, fit.A, fit.B], [E, A, B], rtol=2e-3)
+    fit = fit_parametric(n, d, clean, HuberSettings(n_starts=8))
+    assert (fit["alpha"], fit["beta"]) == pytest.approx((ALPHA, BETA), abs=1e-4)
+    np.testing.assert_allclose([fit["E"], fit["A"], fit["B"]], [E, A, B], rtol=2e-3)
     assert fit.huber < 1e-12 and fit.converged
 
     n, d, noisy = parametric_data(noise=1e-3, seed=3)
-    fit = fit_parametric(n, d, noisy, n_starts=8)
-    assert abs(fit.alpha - ALPHA) < 0.03 and abs(fit.beta - BETA) < 0.03
-    assert abs(fit.E / E - 1) < 0.01
+    fit = fit_parametric(n, d, noisy, HuberSettings(n_starts=8))
+    assert abs(fit["alpha"] - ALPHA) < 0.03 and abs(fit["beta"] - BETA) < 0.03
+    assert abs(fit["E"] / E - 1) < 0.01
     assert fit.mean_abs_rel_error < 2e-3  # ≈ the 0.1% noise
-    np.testing.assert_allclose(fit.predict(n, d), E + A * n**-ALPHA + B * d**-BETA, rtol=2e-3)
+    predicted = fit.predict({"n_eff": n, "tokens": d})
+    np.testing.assert_allclose(predicted, E + A * n**-ALPHA + B * d**-BETA, rtol=2e-3)
     d_json = json.loads(json.dumps(fit.to_dict()))
-    assert d_json["alpha"] == fit.alpha and "N_eff" in d_json["law"]
+    assert d_json["alpha"] == fit["alpha"] and "N_eff" in d_json["law"]
 
 
 def test_parametric_bad_input():
     n, d, loss = parametric_data(noise=0.0)
-    with pytest.raises(ConfigError, match="at least 6 runs"):
+    with pytest.raises(ConfigError, match="at least 6 points"):
         fit_parametric(n[:5], d[:5], loss[:5])
     with pytest.raises(ConfigError, match="'tokens' must be positive"):
         fit_parametric(n, -d, loss)
     with pytest.raises(ConfigError, match="Huber delta"):
-        fit_parametric(n, d, loss, delta=0)
+        fit_parametric(n, d, loss, HuberSettings(delta=0))
 
 
 def test_missing_scipy_gives_install_hint(monkeypatch):
@@ -260,7 +257,7 @@ def test_test_time_groups_and_bad_input():
     fits = fit_test_time_groups(np.array(steps), np.array(loss), groups, group_column="mean_recurrence")
     assert [f.label for f in fits.fits] == ["mean_recurrence=2", "mean_recurrence=4", "mean_recurrence=8"]
     assert [f.z for f in fits.fits] == pytest.approx([0.6, 0.3, 0.15], abs=1e-6)
-    assert "mean_recurrence=8" in fits.to_markdown()
+    assert "mean_recurrence=8" in markdown_testtime(fits)
     with pytest.raises(ConfigError, match=">= 4 distinct T"):
         fit_test_time([1, 2, 4, 4], [3.5, 3.3, 3.2, 3.2])
     with pytest.raises(ConfigError, match="'num_steps' must be positive"):
@@ -273,16 +270,16 @@ def test_test_time_groups_and_bad_input():
 
 def test_unified_law_recovery():
     mu, n, d, t, loss = unified_data(noise=1e-3)
-    fit = fit_unified(mu, n, d, t, loss, n_starts=8)
-    assert not fit.gamma_learned and fit.gamma == 1.0
-    assert abs(fit.E / E - 1) < 0.01
-    assert abs(fit.x - ALPHA) < 0.03 and abs(fit.y - BETA) < 0.03
-    assert abs(fit.Z / 0.9 - 1) < 0.01 and abs(fit.z / 1.5 - 1) < 0.02
+    fit = fit_unified(mu, n, d, t, loss, settings=HuberSettings(n_starts=8))
+    assert "gamma" not in fit.to_dict()["fitted"] and fit["gamma"] == 1.0
+    assert abs(fit["E"] / E - 1) < 0.01
+    assert abs(fit["x"] - ALPHA) < 0.03 and abs(fit["y"] - BETA) < 0.03
+    assert abs(fit["Z"] / 0.9 - 1) < 0.01 and abs(fit["z"] / 1.5 - 1) < 0.02
     assert fit.mean_abs_rel_error < 2e-3
 
     mu, n, d, t, loss = unified_data(noise=1e-3, gamma=1.2, seed=1)
-    fit = fit_unified(mu, n, d, t, loss, learn_gamma=True, n_starts=8)
-    assert fit.gamma_learned and fit.gamma == pytest.approx(1.2, abs=0.02)
+    fit = fit_unified(mu, n, d, t, loss, learn_gamma=True, settings=HuberSettings(n_starts=8))
+    assert "gamma" in fit.to_dict()["fitted"] and fit["gamma"] == pytest.approx(1.2, abs=0.02)
     with pytest.raises(ConfigError, match="at least 9 points"):
         fit_unified(mu[:8], n[:8], d[:8], t[:8], loss[:8], learn_gamma=True)
 

@@ -1,5 +1,5 @@
-"""`parcae sweep` and the study presets: grid expansion, FLOP -> step budgets, resumability, emitted
-commands, the results table feeding `parcae fit`, divergence bookkeeping, and a smoke study end to end.
+"""`parcae sweep`: grid expansion, smoke variants, FLOP -> step budgets, resumability, emitted commands,
+the results table feeding `parcae fit`, divergence bookkeeping.
 
 Runs train micro models on a synthetic corpus built here (seconds)."""
 
@@ -14,22 +14,16 @@ from pathlib import Path
 import pytest
 
 from parcae_lm.cli import main as cli_main
+from parcae_lm.config.train import load_run_config
 from parcae_lm.errors import ConfigError, TrainingError
 from parcae_lm.model.flops import flops_per_token
-from parcae_lm.scaling import fit as F
-from parcae_lm.scaling import studies
-from parcae_lm.scaling.sweep import (
-    DIVERGED,
-    SUMMARY,
-    Emit,
-    SweepSpec,
-    emit_commands,
-    expand,
-    run_sweep,
-    spike_stats,
-)
-from parcae_lm.train.config import load_run_config
-from parcae_lm.train.trainer import _max_steps
+from parcae_lm.scaling import runner
+from parcae_lm.scaling import table as F
+from parcae_lm.scaling.collect import spike_stats
+from parcae_lm.scaling.emit import Emit, emit_commands
+from parcae_lm.scaling.runner import run_sweep
+from parcae_lm.scaling.sweep import DIVERGED, SUMMARY, SweepSpec, expand
+from parcae_lm.train.budget import max_steps
 from verse import verse_shards
 
 
@@ -38,28 +32,28 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("sweep-data")
     paths = verse_shards(root, train_docs=16, val_lines=40, vocab_size=320)
     # A base run config of our own, so the tests do not move when the packaged `tiny` config is retuned.
-    (root / "base.yaml").write_text("model_name: parcae-micro\nmodel: {}\nmax_steps: 2\n")
+    (root / "base.yaml").write_text("model_name: parcae-micro\nmodel: {}\ntrain: {max_steps: 2}\n")
     return paths
 
 
-def micro_spec(data, axes: list[dict], **overrides) -> SweepSpec:
+def micro_spec(data, axes: list[dict], overrides: dict | None = None) -> SweepSpec:
+    """A sweep of micro models on the verse data; the budget (2 steps) is the base config's."""
     base = {
         "model_name": "parcae-micro",
-        "tokenizer_dir": str(data[0]),
-        "shard_dir": str(data[1]),
-        "seq_len": 16,
-        "micro_batch_size": 2,
-        "global_batch_size": 2,
-        "max_steps": 2,
-        "log_interval": 1,
-        "eval_interval": 1000,
-        "save_interval": 1000,
-        "val_depths": [1],
-        "sample_prompts": [],
-        "progress": False,
-        "threads": 1,
+        "data.tokenizer_dir": str(data[0]),
+        "data.shard_dir": str(data[1]),
+        "data.seq_len": 16,
+        "train.micro_batch_size": 2,
+        "train.global_batch_size": 2,
+        "log.interval": 1,
+        "eval.interval": 1000,
+        "checkpoint.interval": 1000,
+        "eval.depths": [1],
+        "sample.prompts": [],
+        "log.progress": False,
+        "system.threads": 1,
     }
-    base.update(overrides)
+    base.update(overrides or {})
     return SweepSpec.from_dict(
         {"name": "t", "base": str(Path(data[0]).parent / "base.yaml"), "overrides": base, "axes": axes}
     )
@@ -73,7 +67,7 @@ def test_grid_expansion_zipped_axes_and_backprop_rule(data, tmp_path):
         data,
         [
             {"model.mean_recurrence": [1, 2, 5]},
-            {"adam_lr": [1e-3, 4e-3], "muon_lr": [2e-3, 8e-3]},  # one axis: keys move together
+            {"optim.adam_lr": [1e-3, 4e-3], "optim.muon_lr": [2e-3, 8e-3]},  # one axis: keys move together
         ],
     )
     points = expand(spec, tmp_path)
@@ -83,47 +77,37 @@ def test_grid_expansion_zipped_axes_and_backprop_rule(data, tmp_path):
         mu = p.settings["model.mean_recurrence"]
         assert p.model_config.mean_recurrence == mu
         assert p.model_config.mean_backprop_depth == math.ceil(mu / 2)  # the paper's sweep rule
-        assert p.config.muon_lr == 2 * p.config.adam_lr  # zipped, not crossed
+        assert p.config.optim.muon_lr == 2 * p.config.optim.adam_lr  # zipped, not crossed
         assert p.run_dir == tmp_path / "runs" / p.name
     assert len({p.name for p in points}) == 6
     assert points[0].name == "mean_recurrence1-adam_lr0.001-muon_lr0.002"
 
     # An explicit backprop depth wins over the rule.
-    spec = micro_spec(data, [{"model.mean_recurrence": [6]}], **{"model.mean_backprop_depth": 1})
+    spec = micro_spec(data, [{"model.mean_recurrence": [6]}], {"model.mean_backprop_depth": 1})
     assert expand(spec, tmp_path)[0].model_config.mean_backprop_depth == 1
 
 
 def test_flops_budget_becomes_steps_like_the_trainer(data, tmp_path):
     budgets = [2e8, 4e8]
-    spec = micro_spec(data, [{"max_flops": budgets}, {"model.mean_recurrence": [1, 4]}], max_steps=None)
+    spec = micro_spec(data, [{"train.max_flops": budgets}, {"model.mean_recurrence": [1, 4]}])
     points = expand(spec, tmp_path)
     assert len(points) == 4
     for p in points:
         fpt = flops_per_token(p.model_config, 16)
         assert p.flops_per_token == pytest.approx(fpt)
-        assert p.steps == int((p.settings["max_flops"] / fpt) // 32)  # 32 tokens per step
+        assert p.steps == int((p.settings["train.max_flops"] / fpt) // 32)  # 32 tokens per step
         assert p.tokens == p.steps * 32
-        assert p.flops == p.settings["max_flops"]  # nominal budget, so budgets group exactly
-        assert p.config.max_flops is None and p.config.max_steps == p.steps
+        assert p.flops == p.settings["train.max_flops"]  # nominal budget, so budgets group exactly
+        assert p.config.train.budgets() == {"max_steps": p.steps}
         # Same number of steps as the trainer derives from max_flops itself.
-        _, as_trainer = load_run_config(spec.base, {**_nested(p.overrides), "max_steps": None})
-        assert _max_steps(as_trainer, fpt, p.params) == p.steps
+        as_trainer = p.config.replace({"train.max_flops": p.settings["train.max_flops"]})
+        assert max_steps(as_trainer, fpt, p.params) == p.steps
     # More recurrence costs more FLOPs per token, so the same budget buys fewer tokens.
-    by = {(p.settings["max_flops"], p.settings["model.mean_recurrence"]): p for p in points}
+    by = {(p.settings["train.max_flops"], p.settings["model.mean_recurrence"]): p for p in points}
     assert by[(4e8, 4)].flops_per_token > by[(4e8, 1)].flops_per_token
     assert by[(4e8, 4)].tokens < by[(4e8, 1)].tokens
     # n_eff counts the core once per mean recurrence.
     assert by[(4e8, 4)].n_eff - by[(4e8, 1)].n_eff == pytest.approx(3 * by[(4e8, 1)].core_params)
-
-
-def _nested(flat: dict) -> dict:
-    out: dict = {}
-    for k, v in flat.items():
-        if k.startswith("model."):
-            out.setdefault("model", {})[k[6:]] = v
-        else:
-            out[k] = v
-    return out
 
 
 @pytest.mark.parametrize(
@@ -143,22 +127,64 @@ def test_bad_sweep_files(raw, match):
 
 def test_bad_points(data, tmp_path):
     with pytest.raises(ConfigError, match="wall-clock"):
-        expand(micro_spec(data, [], max_steps=None, max_time_minutes=1.0), tmp_path)
+        expand(micro_spec(data, [], {"train.max_time_minutes": 1.0}), tmp_path)
     with pytest.raises(ConfigError, match="less than one step"):
-        expand(micro_spec(data, [{"max_flops": [10.0]}], max_steps=None), tmp_path)
-    with pytest.raises(ConfigError, match="only model"):
+        expand(micro_spec(data, [{"train.max_flops": [10.0]}]), tmp_path)
+    with pytest.raises(ConfigError, match="unknown key 'optim.lr'"):
         expand(micro_spec(data, [{"optim.lr": [1]}]), tmp_path)
     with pytest.raises(ConfigError, match="set by the sweep"):
-        expand(micro_spec(data, [], run_name="x"), tmp_path)
+        expand(micro_spec(data, [], {"run_name": "x"}), tmp_path)
     with pytest.raises(ConfigError, match="unknown model field"):
         expand(micro_spec(data, [{"model.n_embdd": [8]}]), tmp_path)
 
 
+def test_smoke_variant_and_overrides():
+    raw = {
+        "name": "s",
+        "base": "tiny",
+        "overrides": {"train.max_steps": 100, "data": {"seq_len": 64}},  # nested mappings become dotted
+        "axes": [{"model.mean_recurrence": [1, 2, 4, 8]}, {"optim.adam_lr": [1e-3, 2e-3]}],
+        "smoke": {
+            "base": "tiny-gpt",
+            "overrides": {"train.max_steps": 2},
+            "axes": [{"model.mean_recurrence": [1, 2]}],
+        },
+    }
+    full, smoke = SweepSpec.from_dict(raw), SweepSpec.from_dict(raw, smoke=True)
+    assert (full.name, full.base, len(full.axes)) == ("s", "tiny", 2)
+    assert full.overrides == {"train.max_steps": 100, "data.seq_len": 64}
+    assert (smoke.name, smoke.base) == ("s-smoke", "tiny-gpt")
+    assert smoke.overrides == {
+        "train.max_steps": 2,
+        "data.seq_len": 64,
+    }  # smoke overrides go over the sweep's
+    assert [a.keys for a in smoke.axes] == [("model.mean_recurrence",)]  # and its axes replace the sweep's
+    no_axes = {**raw, "smoke": {"overrides": {"train.max_steps": 2}}}
+    assert SweepSpec.from_dict(no_axes, smoke=True).axes == full.axes  # no smoke axes: the sweep's
+    with pytest.raises(ConfigError, match="no 'smoke' section"):
+        SweepSpec.from_dict({"name": "x"}, smoke=True)
+    with pytest.raises(ConfigError, match=r"smoke: unknown key\(s\) name"):
+        SweepSpec.from_dict({"name": "x", "smoke": {"name": "y"}}, smoke=True)
+
+    # Overrides for every point: a new budget replaces the sweep's; axes cannot be overridden.
+    shorter = full.with_overrides({"train.max_tokens": 1e5, "seed": 3})
+    assert shorter.overrides == {"data.seq_len": 64, "train.max_tokens": 1e5, "seed": 3}
+    assert full.overrides["train.max_steps"] == 100  # the original is unchanged
+    with pytest.raises(ConfigError, match="optim.adam_lr is an axis"):
+        full.with_overrides({"optim": {"adam_lr": 1e-2}})
+    budget_axis = SweepSpec.from_dict({"name": "b", "axes": [{"train.max_flops": [1e9, 2e9]}]})
+    with pytest.raises(ConfigError, match=r"its budget is an axis \(train.max_flops\)"):
+        budget_axis.with_overrides({"train.max_steps": 5})
+
+
 def test_sweep_yaml_file_and_relative_base(tmp_path, data):
-    (tmp_path / "base.yaml").write_text("model_name: parcae-micro\nmax_steps: 3\nseq_len: 16\n")
+    (tmp_path / "base.yaml").write_text(
+        "model_name: parcae-micro\ntrain: {max_steps: 3}\ndata: {seq_len: 16}\n"
+    )
     (tmp_path / "s.yaml").write_text(
         "name: s\nbase: base.yaml\noverrides:\n"
-        f"  tokenizer_dir: {data[0]}\n  shard_dir: {data[1]}\n  micro_batch_size: 2\n  global_batch_size: 2\n"
+        f"  data.tokenizer_dir: {data[0]}\n  data.shard_dir: {data[1]}\n"
+        "  train.micro_batch_size: 2\n  train.global_batch_size: 2\n"
         "axes:\n  - model.mean_recurrence: [2, 3]\n"
     )
     spec = SweepSpec.from_yaml(tmp_path / "s.yaml")
@@ -171,18 +197,18 @@ def test_sweep_yaml_file_and_relative_base(tmp_path, data):
 
 
 def test_emitted_commands_reproduce_each_point(data, tmp_path):
-    spec = micro_spec(data, [{"model.mean_recurrence": [2, 4]}, {"max_flops": [2e8]}], max_steps=None)
+    spec = micro_spec(data, [{"model.mean_recurrence": [2, 4]}, {"train.max_flops": [2e8]}])
     points = expand(spec, tmp_path)
     lines = emit_commands(points, Emit.TORCHRUN, nproc_per_node=8)
     assert len(lines) == 2
     for line, p in zip(lines, points):
         argv = shlex.split(line)
         assert argv[:5] == ["torchrun", "--standalone", "--nproc_per_node=8", "--no-python", "parcae"]
-        assert argv[5] == "train"
-        _, cfg = load_run_config(argv[6], argv[7:])
+        assert argv[5:] == ["train", "--config", str(tmp_path / "configs" / f"{p.name}.yaml")]
+        cfg = load_run_config(None, argv[6:])  # what `parcae train` parses from those arguments
         expected = p.config.to_dict()
         assert cfg.to_dict() == expected  # same config, explicit steps, resumable
-        assert cfg.max_steps == p.steps and cfg.resume
+        assert cfg.train.max_steps == p.steps and cfg.resume
     slurm = emit_commands(points, Emit.SLURM, nproc_per_node=4, slurm_args="-p gpu")
     mkdir, sbatch = slurm[0].split(" && ", 1)
     assert shlex.split(mkdir) == ["mkdir", "-p", str(points[0].run_dir)]  # Slurm needs the log directory
@@ -200,21 +226,17 @@ def test_emitted_commands_reproduce_each_point(data, tmp_path):
 
 
 def test_sweep_runs_resumes_and_feeds_parcae_fit(data, tmp_path, monkeypatch):
-    spec = micro_spec(
-        data, [{"max_flops": [1.5e8, 3e8]}, {"model.mean_recurrence": [1, 2, 3]}], max_steps=None
-    )
+    spec = micro_spec(data, [{"train.max_flops": [1.5e8, 3e8]}, {"model.mean_recurrence": [1, 2, 3]}])
     first = run_sweep(spec, tmp_path, progress=False)
     assert len(first.ran) == 6 and not first.skipped
     assert all((p.run_dir / SUMMARY).is_file() for p in first.points)
     stamps = {p.name: (p.run_dir / SUMMARY).stat().st_mtime_ns for p in first.points}
 
     # Second invocation: nothing trains (the trainer must not even be called).
-    import parcae_lm.train.trainer as trainer_mod
-
     def boom(*a, **k):
         raise AssertionError("a finished point was trained again")
 
-    monkeypatch.setattr(trainer_mod, "train", boom)
+    monkeypatch.setattr(runner, "train", boom)
     second = run_sweep(spec, tmp_path, progress=False)
     assert not second.ran and len(second.skipped) == 6
     assert {p.name: (p.run_dir / SUMMARY).stat().st_mtime_ns for p in second.points} == stamps
@@ -222,9 +244,8 @@ def test_sweep_runs_resumes_and_feeds_parcae_fit(data, tmp_path, monkeypatch):
     # The same output directory with edited settings is refused rather than silently reused.
     edited = micro_spec(
         data,
-        [{"max_flops": [1.5e8, 3e8]}, {"model.mean_recurrence": [1, 2, 3]}],
-        max_steps=None,
-        adam_lr=1e-3,
+        [{"train.max_flops": [1.5e8, 3e8]}, {"model.mean_recurrence": [1, 2, 3]}],
+        {"optim.adam_lr": 1e-3},
     )
     with pytest.raises(ConfigError, match="adam_lr"):
         run_sweep(edited, tmp_path, progress=False)
@@ -268,16 +289,14 @@ def test_sweep_runs_resumes_and_feeds_parcae_fit(data, tmp_path, monkeypatch):
 
 
 def test_diverged_point_is_recorded_and_not_rerun(data, tmp_path, monkeypatch):
-    import parcae_lm.train.trainer as trainer_mod
+    real_train = runner.train
 
-    real_train = trainer_mod.train
-
-    def diverge_at_mu2(cfg, config_name="run", start_time=None):
+    def diverge_at_mu2(cfg, start_time=None):
         if cfg.run_name.startswith("mean_recurrence2"):
             raise TrainingError("non-finite loss, gradient norm or weights at step 1 (training)")
-        return real_train(cfg, config_name, start_time)
+        return real_train(cfg, start_time)
 
-    monkeypatch.setattr(trainer_mod, "train", diverge_at_mu2)
+    monkeypatch.setattr(runner, "train", diverge_at_mu2)
     spec = micro_spec(data, [{"model.mean_recurrence": [1, 2]}])
     result = run_sweep(spec, tmp_path, progress=False)
     by = {r["point"]: r for r in result.rows}
@@ -304,7 +323,7 @@ def test_spike_stats():
     assert spike_stats([10, 20], [5.0, None], total_steps=100)["loss_spikes"] == 1
 
 
-# ----------------------------------------------------------------------------------------- CLI, study
+# ----------------------------------------------------------------------------------------- CLI
 
 
 def test_cli_dry_run_and_emit(data, tmp_path, capsys):
@@ -317,60 +336,3 @@ def test_cli_dry_run_and_emit(data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("sbatch ") == 2
     assert cli_main(["sweep", str(tmp_path / "missing.yaml")]) == 1
-
-
-def test_smoke_study_end_to_end(data, tmp_path):
-    result, report = studies.run_study(
-        studies.StudyName.TEST_TIME,
-        tmp_path,
-        smoke=True,
-        data=data,
-        progress=False,
-        overrides={"max_steps": 3},
-    )
-    assert len(result.rows) == 2 and all(r["status"] == "ok" for r in result.rows)
-    assert all(r["steps"] == 3 for r in result.rows)  # the override replaced the preset's budget
-    fits = json.loads((tmp_path / "analysis.json").read_text())["fits"]["fits"]
-    assert [f["label"] for f in fits] == ["mean_recurrence=2", "mean_recurrence=3"]
-    for f in fits:
-        assert f["n_points"] == 5 and math.isfinite(f["L_inf"]) and f["z"] >= 0
-    depth_rows = F.RunTable.read(tmp_path / "testtime" / "results.csv")
-    assert sorted(set(depth_rows.numeric(F.NUM_STEPS))) == [1, 2, 3, 4, 6]
-    assert (tmp_path / "figures" / "test-time.png").stat().st_size > 1000
-    assert "L∞" in (tmp_path / "report.md").read_text()
-
-
-@pytest.mark.parametrize("name", list(studies.StudyName))
-def test_presets_expand(name, data, tmp_path):
-    """Full and smoke presets are valid grids of the intended size."""
-    study = studies.STUDIES[name]
-    for smoke in (True, False):
-        spec = studies.with_data(study.spec(smoke), data)
-        points = expand(spec, tmp_path)
-        assert len(points) >= 2
-        if not smoke:
-            assert all(p.model_config.n_embd == 64 for p in points)
-
-
-def test_study_overrides_cannot_change_axes(data, tmp_path):
-    with pytest.raises(ConfigError, match="axis of the study"):
-        studies.run_study(
-            studies.StudyName.TEST_TIME,
-            tmp_path,
-            smoke=True,
-            data=data,
-            overrides={"model.mean_recurrence": 5},
-        )
-
-
-@pytest.mark.parametrize("name", [n for n in studies.StudyName if n != studies.StudyName.TEST_TIME])
-def test_every_smoke_study_runs(name, data, tmp_path):
-    """The other three studies' smoke presets run end to end too (the test-time one is checked above)."""
-    # The scaling study's budgets are FLOPs (its axis); the others are shortened to 2 steps.
-    overrides = {} if name == studies.StudyName.SCALING else {"max_steps": 2}
-    result, report = studies.run_study(
-        name, tmp_path, smoke=True, data=data, progress=False, overrides=overrides
-    )
-    assert len(result.rows) >= 2 and all(r["status"] in ("ok", "diverged") for r in result.rows)
-    assert (tmp_path / "report.md").read_text().strip()
-    assert any(p.suffix == ".png" for p in (tmp_path / "figures").iterdir())

@@ -15,14 +15,15 @@ import torch
 from safetensors.torch import load_file
 
 from parcae_lm.config import create_config
+from parcae_lm.config.train import Precision, RunConfig, TrainArgs
 from parcae_lm.errors import CheckpointError, ConfigError, TrainingError
 from parcae_lm.model import build_model
-from parcae_lm.train import trainer as trainer_mod
-from parcae_lm.train.config import Precision, RunConfig
+from parcae_lm.train import checkpoint as ckpt_mod
+from parcae_lm.train import train
 from parcae_lm.train.distributed import DistInfo
 from parcae_lm.train.optim import MuonAdamW
+from parcae_lm.train.step import accumulate_gradients
 from parcae_lm.train.telemetry import read_metrics
-from parcae_lm.train.trainer import accumulate_gradients, train
 from verse import verse_shards
 
 
@@ -34,30 +35,30 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def make_cfg(data, out: Path, **kw) -> RunConfig:
+    """The test run: RunConfig defaults + these settings + `kw` (dotted keys)."""
     tok_dir, shard_dir = data
-    base = dict(
-        out_dir=str(out),
-        run_name="r",
-        model_name="parcae-micro",
-        shard_dir=str(shard_dir),
-        tokenizer_dir=str(tok_dir),
-        seq_len=32,
-        micro_batch_size=4,
-        global_batch_size=4,
-        max_steps=6,
-        log_interval=1,
-        eval_interval=3,
-        eval_batches=2,
-        save_interval=3,
-        progress=False,
-        sample_prompts=["ROMEO:"],
-        sample_tokens=8,
-        muon_lr=0.02,
-        adam_lr=0.01,
-        threads=1,  # the machine is shared: one thread per process avoids oversubscription stalls
-    )
-    base.update(kw)
-    return RunConfig(**base)
+    base = {
+        "out_dir": str(out),
+        "run_name": "r",
+        "model_name": "parcae-micro",
+        "data.shard_dir": str(shard_dir),
+        "data.tokenizer_dir": str(tok_dir),
+        "data.seq_len": 32,
+        "train.micro_batch_size": 4,
+        "train.global_batch_size": 4,
+        "train.max_steps": 6,
+        "log.interval": 1,
+        "eval.interval": 3,
+        "eval.batches": 2,
+        "checkpoint.interval": 3,
+        "log.progress": False,
+        "sample.prompts": ["ROMEO:"],
+        "sample.tokens": 8,
+        "optim.muon_lr": 0.02,
+        "optim.adam_lr": 0.01,
+        "system.threads": 1,  # the machine is shared: one thread per process avoids oversubscription stalls
+    }
+    return RunConfig(train=TrainArgs(max_steps=1)).replace({**base, **kw})
 
 
 def train_losses(run_dir: Path) -> list[tuple[int, float, float]]:
@@ -80,7 +81,7 @@ def test_gradient_accumulation_matches_one_big_batch():
 
     def grads(batches):
         model.zero_grad(set_to_none=True)
-        loss, _ = accumulate_gradients(model, batches, step=7, info=info, precision=Precision.FP32)
+        loss, _ = accumulate_gradients(model, batches, step=7, info=info, precision=Precision.fp32)
         return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     loss1, g1 = grads([(x, y)])
@@ -91,7 +92,7 @@ def test_gradient_accumulation_matches_one_big_batch():
         torch.testing.assert_close(g1[n], g2[n], rtol=1e-4, atol=1e-6, msg=n)
     # and a different step draws different depths (the test would be vacuous otherwise)
     model.zero_grad(set_to_none=True)
-    loss3, _ = accumulate_gradients(model, [(x, y)], step=8, info=info, precision=Precision.FP32)
+    loss3, _ = accumulate_gradients(model, [(x, y)], step=8, info=info, precision=Precision.fp32)
     assert not torch.equal(loss1, loss3)
 
 
@@ -105,39 +106,39 @@ def test_run_directory_end_to_end_via_cli(data, tmp_path, capsys):
             "train",
             "--model_name",
             "parcae-micro",
-            "--shard_dir",
+            "--data.shard_dir",
             str(shard_dir),
-            "--tokenizer_dir",
+            "--data.tokenizer_dir",
             str(tok_dir),
             "--out_dir",
             str(tmp_path),
             "--run_name",
             "e2e",
-            "--seq_len",
+            "--data.seq_len",
             "32",
-            "--micro_batch_size",
+            "--train.micro_batch_size",
             "2",
-            "--global_batch_size",
+            "--train.global_batch_size",
             "4",
-            "--max_steps",
+            "--train.max_steps",
             "4",
-            "--log_interval",
+            "--log.interval",
             "2",
-            "--eval_interval",
+            "--eval.interval",
             "2",
-            "--eval_batches",
+            "--eval.batches",
             "1",
-            "--save_interval",
+            "--checkpoint.interval",
             "2",
-            "--keep_last_k",
+            "--checkpoint.keep_last_k",
             "1",
-            "--progress",
+            "--log.progress",
             "false",
-            "--sample_tokens",
+            "--sample.tokens",
             "8",
-            "--sample_prompts",
-            "ROMEO:,JULIET:",
-            "--threads",
+            "--sample.prompts",
+            '["ROMEO:", "JULIET:"]',
+            "--system.threads",
             "1",
         ]
     )
@@ -201,7 +202,7 @@ def test_run_directory_end_to_end_via_cli(data, tmp_path, capsys):
 def test_interrupted_and_resumed_run_is_bitwise_identical(data, tmp_path, monkeypatch):
     full = train(make_cfg(data, tmp_path / "a")).run_dir
 
-    original = trainer_mod.ckpt.save_checkpoint
+    original = ckpt_mod.save_checkpoint
 
     def crash_after_step_3(ckpt_dir, step, *args, **kwargs):
         path = original(ckpt_dir, step, *args, **kwargs)
@@ -209,10 +210,10 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(data, tmp_path, monkey
             raise KeyboardInterrupt("simulated preemption")
         return path
 
-    monkeypatch.setattr(trainer_mod.ckpt, "save_checkpoint", crash_after_step_3)
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", crash_after_step_3)
     with pytest.raises(KeyboardInterrupt):
         train(make_cfg(data, tmp_path / "b"))
-    monkeypatch.setattr(trainer_mod.ckpt, "save_checkpoint", original)
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", original)
     resumed = train(make_cfg(data, tmp_path / "b", resume=True)).run_dir
 
     a, b = train_losses(full), train_losses(resumed)
@@ -222,7 +223,7 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(data, tmp_path, monkey
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # a checkpoint from a different model is refused with the differing field named
     with pytest.raises(CheckpointError, match="model_config.n_embd"):
-        train(make_cfg(data, tmp_path / "b", resume=True, max_steps=8, model={"n_embd": 96}))
+        train(make_cfg(data, tmp_path / "b", resume=True, **{"train.max_steps": 8, "model.n_embd": 96}))
 
 
 def test_nonfinite_loss_stops_without_touching_the_last_checkpoint(data, tmp_path, monkeypatch):
@@ -237,7 +238,7 @@ def test_nonfinite_loss_stops_without_touching_the_last_checkpoint(data, tmp_pat
                 self.adamw.param_groups[0]["params"][0].fill_(float("nan"))
 
     monkeypatch.setattr(MuonAdamW, "step", poisoned_step)
-    cfg = make_cfg(data, tmp_path, save_interval=2, eval_interval=100)
+    cfg = make_cfg(data, tmp_path, **{"checkpoint.interval": 2, "eval.interval": 100})
     ckpt_dir = tmp_path / "r" / "checkpoints"
     with pytest.raises(TrainingError, match=r"non-finite .*Last good checkpoint: .*step_2"):
         train(cfg)
@@ -261,35 +262,35 @@ def test_two_process_gloo_run_matches_one_process(data, tmp_path, strategy):
     args = [
         "--model_name",
         "parcae-micro",
-        "--shard_dir",
+        "--data.shard_dir",
         str(shard_dir),
-        "--tokenizer_dir",
+        "--data.tokenizer_dir",
         str(tok_dir),
-        "--seq_len",
+        "--data.seq_len",
         "32",
-        "--micro_batch_size",
+        "--train.micro_batch_size",
         "2",
-        "--global_batch_size",
+        "--train.global_batch_size",
         "4",
-        "--max_steps",
+        "--train.max_steps",
         "3",
-        "--log_interval",
+        "--log.interval",
         "1",
-        "--eval_interval",
+        "--eval.interval",
         "100",
-        "--eval_batches",
+        "--eval.batches",
         "2",
-        "--save_interval",
+        "--checkpoint.interval",
         "100",
-        "--progress",
+        "--log.progress",
         "false",
-        "--sample_tokens",
+        "--sample.tokens",
         "4",
-        "--sample_prompts",
-        "ROMEO:",
-        "--threads",
+        "--sample.prompts",
+        '["ROMEO:"]',
+        "--system.threads",
         "1",
-        "--strategy",
+        "--system.strategy",
         strategy,
     ]
     parcae = str(Path(sys.executable).parent / "parcae")

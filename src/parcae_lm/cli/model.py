@@ -222,7 +222,15 @@ def cmd_bench_generate(args) -> int:
     peak = matmul_peak_flops(model.device, seconds=2.0)
     results = [
         bench_generate(
-            model, args.prompt_len, args.new_tokens, b, args.num_steps, strategy, args.compile, peak_flops=peak, name=name
+            model,
+            args.prompt_len,
+            args.new_tokens,
+            b,
+            args.num_steps,
+            strategy,
+            args.compile,
+            peak_flops=peak,
+            name=name,
         )
         for b in sizes
     ]

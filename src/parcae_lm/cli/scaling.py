@@ -6,7 +6,7 @@
     parcae fit unified    RESULTS --out DIR   L = E + X·N^(−x) + Y·D^(−y) + Z·exp(−z·T/μ_rec)
 
 Each writes <kind>.json, <kind>.md and PNG plots into DIR and prints the markdown table. Column
-names default to those documented in `parcae_lm.scaling.fit` and can be changed with flags.
+names default to those documented in `parcae_lm.scaling.table` and can be changed with flags.
 """
 
 from __future__ import annotations
@@ -16,17 +16,32 @@ import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from parcae_lm.errors import ConfigError
 from parcae_lm.files import atomic_write_text
-from parcae_lm.scaling import fit as F
+from parcae_lm.scaling import plots, report
+from parcae_lm.scaling.emit import Emit, emit_commands
+from parcae_lm.scaling.isoflop import Bootstrap, fit_isoflop
+from parcae_lm.scaling.laws import effective_params, fit_parametric, fit_unified
+from parcae_lm.scaling.runner import run_sweep
+from parcae_lm.scaling.solver import HUBER_DELTA, HuberSettings
+from parcae_lm.scaling.sweep import SweepSpec, expand
+from parcae_lm.scaling.table import (
+    FLOPS,
+    LOSS,
+    MEAN_RECURRENCE,
+    N_EFF,
+    NUM_STEPS,
+    TOKENS,
+    RunTable,
+    json_safe,
+)
+from parcae_lm.scaling.testtime import fit_test_time_groups
 
 
 def register(subparsers) -> None:
     _register_fit(subparsers)
     _register_sweep(subparsers)
-    _register_study(subparsers)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -41,45 +56,45 @@ def _register_fit(subparsers) -> None:
         q = sub.add_parser(name, help=help, description=help)
         q.add_argument("results", type=Path, help="results table (.csv or .jsonl, one run per row)")
         q.add_argument("--out", type=Path, required=True, help="output directory for JSON, markdown and PNGs")
-        q.add_argument("--loss-col", default=F.LOSS, help=f"loss column (default: {F.LOSS})")
+        q.add_argument("--loss-col", default=LOSS, help=f"loss column (default: {LOSS})")
         return q
 
     def law_options(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--tokens-col", default=F.TOKENS, help=f"training-tokens column (default: {F.TOKENS})")
-        q.add_argument(
-            "--mu-col", default=F.MEAN_RECURRENCE, help=f"μ_rec column (default: {F.MEAN_RECURRENCE})"
-        )
-        q.add_argument("--n-col", default=F.N_EFF, help=f"effective-parameter column (default: {F.N_EFF})")
+        q.add_argument("--tokens-col", default=TOKENS, help=f"training-tokens column (default: {TOKENS})")
+        q.add_argument("--mu-col", default=MEAN_RECURRENCE, help=f"μ_rec column (default: {MEAN_RECURRENCE})")
+        q.add_argument("--n-col", default=N_EFF, help=f"effective-parameter column (default: {N_EFF})")
         q.add_argument(
             "--core-params",
             type=float,
             help="compute N_eff = other + μ_rec·core from the μ_rec column instead of reading --n-col",
         )
         q.add_argument("--other-params", type=float, help="non-recurrent parameters, with --core-params")
-        q.add_argument("--delta", type=float, default=F.HUBER_DELTA, help="Huber delta on log-loss residuals")
-        q.add_argument("--n-starts", type=int, default=32, help="L-BFGS restarts (best-screened inits)")
+        q.add_argument("--delta", type=float, default=HUBER_DELTA, help="Huber delta on log-loss residuals")
+        q.add_argument(
+            "--n-starts", type=int, default=32, help="solver runs, from the best-scoring random inits"
+        )
         q.add_argument(
             "--n-candidates", type=int, default=4096, help="random inits screened for the restarts"
         )
         q.add_argument("--seed", type=int, default=0)
 
     q = common("isoflop", "iso-FLOP analysis: per-budget parabolas and power laws of the optima")
-    q.add_argument("--flops-col", default=F.FLOPS, help=f"nominal FLOP-budget column (default: {F.FLOPS})")
+    q.add_argument("--flops-col", default=FLOPS, help=f"nominal FLOP-budget column (default: {FLOPS})")
     q.add_argument(
         "--x-cols",
         nargs="+",
-        default=[F.MEAN_RECURRENCE, F.TOKENS],
-        help=f"columns whose optimum to fit per budget (default: {F.MEAN_RECURRENCE} {F.TOKENS})",
+        default=[MEAN_RECURRENCE, TOKENS],
+        help=f"columns whose optimum to fit per budget (default: {MEAN_RECURRENCE} {TOKENS})",
     )
     q.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default: 1000)")
     q.add_argument("--ci", type=float, default=0.95, help="confidence level (default: 0.95)")
     q.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     q.add_argument(
         "--bootstrap",
-        type=F.Bootstrap,
-        choices=list(F.Bootstrap),
-        default=F.Bootstrap.RUNS,
-        metavar="{" + ",".join(b.value for b in F.Bootstrap) + "}",
+        type=Bootstrap,
+        choices=list(Bootstrap),
+        default=Bootstrap.RUNS,
+        metavar="{" + ",".join(b.value for b in Bootstrap) + "}",
         help="resample runs within each budget (default) or the parabola residuals",
     )
     q.add_argument(
@@ -96,31 +111,29 @@ def _register_fit(subparsers) -> None:
 
     q = common("testtime", "test-time law L(T) = L∞ + Z·exp(−z·T), one fit per model")
     q.add_argument(
-        "--steps-col", default=F.NUM_STEPS, help=f"test-time recurrence column (default: {F.NUM_STEPS})"
+        "--steps-col", default=NUM_STEPS, help=f"test-time recurrence column (default: {NUM_STEPS})"
     )
     q.add_argument(
         "--group-col",
-        help=f"one curve per value of this column (default: {F.MEAN_RECURRENCE} if present, else one curve)",
+        help=f"one curve per value of this column (default: {MEAN_RECURRENCE} if present, else one curve)",
     )
     q.set_defaults(func=fit_testtime_cmd)
 
     q = common("unified", "unified law L = E + X·N^(−x) + Y·D^(−y) + Z·exp(−z·T/μ_rec^γ)")
     law_options(q)
     q.add_argument(
-        "--steps-col", default=F.NUM_STEPS, help=f"test-time recurrence column (default: {F.NUM_STEPS})"
+        "--steps-col", default=NUM_STEPS, help=f"test-time recurrence column (default: {NUM_STEPS})"
     )
     q.add_argument("--learn-gamma", action="store_true", help="fit γ too (the paper fixes γ = 1)")
     q.set_defaults(func=fit_unified_cmd)
 
 
 def fit_isoflop_cmd(args) -> int:
-    from parcae_lm.scaling import plots
-
-    table = F.RunTable.read(args.results)
+    table = RunTable.read(args.results)
     flops, loss = table.numeric(args.flops_col), table.numeric(args.loss_col)
     results, files, md = {}, [], []
     for col in args.x_cols:
-        fit = F.fit_isoflop(
+        fit = fit_isoflop(
             flops,
             table.numeric(col),
             loss,
@@ -132,76 +145,68 @@ def fit_isoflop_cmd(args) -> int:
             bootstrap=args.bootstrap,
         )
         results[col] = fit.to_dict()
-        md.append(fit.to_markdown())
+        md.append(report.markdown_isoflop(fit))
         files.append(plots.plot_isoflop(fit, args.out / f"isoflop_{col}.png", loss_label=args.loss_col))
         files.append(plots.plot_power_law(fit, args.out / f"powerlaw_{col}.png"))
     columns = {"flops": args.flops_col, "x": args.x_cols, "loss": args.loss_col}
     return _finish(args, "isoflop", table, columns, results, "\n".join(md), files)
 
 
-def _n_eff(args, table: F.RunTable) -> tuple[np.ndarray, str]:
+def _n_eff(args, table: RunTable) -> tuple[np.ndarray, str]:
     if args.core_params is None:
         if args.other_params is not None:
             raise ConfigError("--other-params needs --core-params")
         return table.numeric(args.n_col), args.n_col
     if args.other_params is None:
         raise ConfigError("--core-params needs --other-params (the non-recurrent parameter count)")
-    n = F.effective_params(args.core_params, args.other_params, table.numeric(args.mu_col))
+    n = effective_params(args.core_params, args.other_params, table.numeric(args.mu_col))
     return n, f"{args.other_params:g} + {args.mu_col} * {args.core_params:g}"
 
 
-def _lse_kwargs(args) -> dict:
-    return {
-        "delta": args.delta,
-        "n_starts": args.n_starts,
-        "n_candidates": args.n_candidates,
-        "seed": args.seed,
-    }
+def _huber_settings(args) -> HuberSettings:
+    return HuberSettings(
+        delta=args.delta, n_starts=args.n_starts, n_candidates=args.n_candidates, seed=args.seed
+    )
 
 
 def fit_parametric_cmd(args) -> int:
-    from parcae_lm.scaling import plots
-
-    table = F.RunTable.read(args.results)
+    table = RunTable.read(args.results)
     n_eff, n_source = _n_eff(args, table)
     tokens, loss = table.numeric(args.tokens_col), table.numeric(args.loss_col)
-    fit = F.fit_parametric(n_eff, tokens, loss, **_lse_kwargs(args))
-    title = f"L = E + A·N^(−{fit.alpha:.3f}) + B·D^(−{fit.beta:.3f})"
-    files = [
-        plots.plot_parity(loss, fit.predict(n_eff, tokens), args.out / "parametric_parity.png", title=title)
-    ]
+    fit = fit_parametric(n_eff, tokens, loss, _huber_settings(args))
+    title = f"L = E + A·N^(−{fit['alpha']:.3f}) + B·D^(−{fit['beta']:.3f})"
+    predicted = fit.predict({N_EFF: n_eff, TOKENS: tokens})
+    files = [plots.plot_parity(loss, predicted, args.out / "parametric_parity.png", title=title)]
     columns = {"n_eff": n_source, "tokens": args.tokens_col, "loss": args.loss_col}
-    return _finish(args, "parametric", table, columns, fit.to_dict(), fit.to_markdown(), files)
+    return _finish(args, "parametric", table, columns, fit.to_dict(), report.markdown_law(fit), files)
 
 
 def fit_testtime_cmd(args) -> int:
-    from parcae_lm.scaling import plots
-
-    table = F.RunTable.read(args.results)
+    table = RunTable.read(args.results)
     group_col = args.group_col
-    if group_col is None and table.has(F.MEAN_RECURRENCE):
-        group_col = F.MEAN_RECURRENCE
+    if group_col is None and table.has(MEAN_RECURRENCE):
+        group_col = MEAN_RECURRENCE
     groups = table.raw(group_col) if group_col else None
-    fits = F.fit_test_time_groups(
+    fits = fit_test_time_groups(
         table.numeric(args.steps_col), table.numeric(args.loss_col), groups, group_column=group_col
     )
     files = [plots.plot_test_time(fits, args.out / "testtime.png", loss_label=args.loss_col)]
     columns = {"steps": args.steps_col, "loss": args.loss_col, "group": group_col}
-    return _finish(args, "testtime", table, columns, fits.to_dict(), fits.to_markdown(), files)
+    return _finish(args, "testtime", table, columns, fits.to_dict(), report.markdown_testtime(fits), files)
 
 
 def fit_unified_cmd(args) -> int:
-    from parcae_lm.scaling import plots
-
-    table = F.RunTable.read(args.results)
+    table = RunTable.read(args.results)
     n_eff, n_source = _n_eff(args, table)
     mu, tokens = table.numeric(args.mu_col), table.numeric(args.tokens_col)
     steps, loss = table.numeric(args.steps_col), table.numeric(args.loss_col)
-    fit = F.fit_unified(mu, n_eff, tokens, steps, loss, learn_gamma=args.learn_gamma, **_lse_kwargs(args))
+    settings = _huber_settings(args)
+    fit = fit_unified(mu, n_eff, tokens, steps, loss, learn_gamma=args.learn_gamma, settings=settings)
+    data = {MEAN_RECURRENCE: mu, N_EFF: n_eff, TOKENS: tokens, NUM_STEPS: steps}
     files = [
         plots.plot_parity(
             loss,
-            fit.predict(mu, n_eff, tokens, steps),
+            fit.predict(data),
             args.out / "unified_parity.png",
             title="unified law: predicted vs observed",
             color_by=steps,
@@ -215,14 +220,14 @@ def fit_unified_cmd(args) -> int:
         "steps": args.steps_col,
         "loss": args.loss_col,
     }
-    return _finish(args, "unified", table, columns, fit.to_dict(), fit.to_markdown(), files)
+    return _finish(args, "unified", table, columns, fit.to_dict(), report.markdown_law(fit), files)
 
 
-def _finish(args, kind: str, table: F.RunTable, columns: dict, result: dict, markdown: str, files) -> int:
+def _finish(args, kind: str, table: RunTable, columns: dict, result: dict, markdown: str, files) -> int:
     out: Path = args.out
     payload = {"source": table.source, "rows": len(table.rows), "columns": columns, "result": result}
     json_path, md_path = out / f"{kind}.json", out / f"{kind}.md"
-    atomic_write_text(json_path, json.dumps(F.json_safe(payload), indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(json_safe(payload), indent=2) + "\n")
     atomic_write_text(md_path, f"# {kind} fit of {table.source}\n\n{markdown}")
     print(markdown)
     for path in [json_path, md_path, *files]:
@@ -231,27 +236,27 @@ def _finish(args, kind: str, table: F.RunTable, columns: dict, result: dict, mar
 
 
 # ---------------------------------------------------------------------------------------------------
-# parcae sweep / parcae study
+# parcae sweep
 
 
 def _register_sweep(subparsers) -> None:
-    from parcae_lm.scaling.sweep import Emit
-
     p = subparsers.add_parser(
         "sweep",
         help="run a grid of training runs from a sweep YAML (resumable), or emit torchrun/Slurm commands",
         description="Expand SWEEP.yaml (base run config + axes) into runs, derive each point's steps from its "
-        "budget (FLOPs via parcae_lm.model.flops), run the unfinished points one after another and write "
+        "budget, run the unfinished points one after another and write "
         "results.csv / results.jsonl (the columns `parcae fit` reads).",
     )
-    p.add_argument("sweep", type=Path, help="sweep file (YAML: name, base, overrides, axes)")
+    p.add_argument("sweep", type=Path, help="sweep file (YAML: name, base, overrides, axes, smoke)")
+    p.add_argument("--smoke", action="store_true", help="the sweep file's seconds-long smoke variant")
     p.add_argument("--out", type=Path, help="output directory (default: sweeps/<name>)")
     p.add_argument(
         "--emit",
         type=Emit,
         choices=list(Emit),
         metavar="{" + ",".join(e.value for e in Emit) + "}",
-        help="print one command per unfinished point instead of running it",
+        help="instead of running: write each unfinished point's run config to OUT/configs/ and print one "
+        "`parcae train --config` command per point",
     )
     p.add_argument("--nproc-per-node", type=int, default=8, help="processes (GPUs) per point with --emit")
     p.add_argument(
@@ -266,32 +271,8 @@ def _register_sweep(subparsers) -> None:
     p.set_defaults(func=sweep_cmd)
 
 
-def _register_study(subparsers) -> None:
-    from parcae_lm.scaling.studies import StudyName
-
-    p = subparsers.add_parser(
-        "study",
-        help="run one of the paper's studies in miniature (stability, parcae-vs-gpt, scaling, test-time)",
-        description="Run a study preset (a sweep plus its analysis): results table, report.md and PNG plots.",
-    )
-    p.add_argument("name", type=StudyName, choices=list(StudyName), metavar="{" + ",".join(StudyName) + "}")
-    p.add_argument("--smoke", action="store_true", help="the seconds-long variant (tiny model, a few steps)")
-    p.add_argument("--out", type=Path, help="output directory (default: studies/<name>[-smoke])")
-    p.add_argument("--figures", type=Path, help="directory for the PNG plots (default: OUT/figures)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a preset setting for every point (dotted keys, YAML values), e.g. --set max_steps=1800",
-    )
-    p.set_defaults(func=study_cmd)
-
-
 def sweep_cmd(args) -> int:
-    from parcae_lm.scaling.sweep import SweepSpec, emit_commands, expand, run_sweep
-
-    spec = SweepSpec.from_yaml(args.sweep)
+    spec = SweepSpec.from_yaml(args.sweep, smoke=args.smoke)
     out = args.out or Path("sweeps") / spec.name
     if args.nproc_per_node < 1:
         raise ConfigError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
@@ -320,25 +301,7 @@ def sweep_cmd(args) -> int:
         f"finished; {len(result.rows)} rows"
     )
     for row in result.rows:
-        loss = row.get(F.LOSS)
+        loss = row.get(LOSS)
         print(f"  {row['point']}: {row['status']}, val_loss {'-' if loss is None else f'{loss:.4f}'}")
     print(f"wrote {result.csv}\nwrote {result.jsonl}")
-    return 0
-
-
-def study_cmd(args) -> int:
-    from parcae_lm.scaling.studies import run_study
-
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
-    out = args.out or Path("studies") / (args.name.value + ("-smoke" if args.smoke else ""))
-    result, report = run_study(args.name, out, smoke=args.smoke, fig_dir=args.figures, overrides=overrides)
-    print(report.markdown)
-    print(f"wrote {result.csv}\nwrote {out / 'report.md'}")
-    for f in report.figures:
-        print(f"wrote {f}")
     return 0

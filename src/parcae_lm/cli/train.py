@@ -1,24 +1,27 @@
-"""`parcae train [CONFIG] [--key value ...] [--model.field value ...]`
+"""`parcae train [--config NAME_OR_PATH] [--group.field VALUE ...] [--model.field VALUE ...]`
 
 With no arguments: fetch the Shakespeare corpus, train a tokenizer, write shards, train the default tiny
 Parcae on this machine within 10 minutes, evaluate validation bits per byte, write the run directory and
-print where everything is. CONFIG is a packaged config name (`tiny`, `parcae-small-140m`, ...) or a YAML
-file. Multi-process: `torchrun --nproc_per_node N --no-python parcae train CONFIG ...`.
+print where everything is. --config names a packaged run config (`tiny`, `parcae-small-140m`, ...) or a
+YAML file; every other option overrides one of its settings. Multi-process:
+`torchrun --nproc_per_node N --no-python parcae train --config NAME ...`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
+
+from parcae_lm.config.train import load_run_config, packaged_config_names, run_parser
+from parcae_lm.train.run import train
 
 HELP_FLAGS = ("-h", "--help")
 
 
 def register(subparsers) -> None:
-    # Options are free-form `--key value` pairs checked against RunConfig, so argparse must not parse them:
-    # a '+' prefix makes every '--...' token a positional.
+    # The options are parsed by jsonargparse (run_parser) inside `run`; the dispatcher's argparse hands the
+    # tokens through untouched: with '+' as its only prefix, no '--...' token is an option to it.
     p = subparsers.add_parser(
         "train",
         help="train a model (default: the tiny Parcae on Shakespeare, <= 10 min on CPU)",
@@ -27,35 +30,30 @@ def register(subparsers) -> None:
         add_help=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("args", nargs="*", metavar="[CONFIG] [--key value ...]")
-    p.set_defaults(func=run, _parser=p)
+    p.add_argument("args", nargs="*", metavar="[--config NAME_OR_PATH] [--group.field VALUE ...]")
+    p.set_defaults(func=run)
 
 
-def _help() -> str:
-    from parcae_lm.train.config import RunConfig, packaged_config_names
-
-    lines = [__doc__.strip(), "", "packaged configs: " + ", ".join(packaged_config_names()), "", "options:"]
-    for f in dataclasses.fields(RunConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        if hasattr(default, "value"):
-            default = default.value
-        lines.append(f"  --{f.name} (default: {default!r})")
-    lines.append("  --model.<field> VALUE   override a model config field (see `parcae model info`)")
-    return "\n".join(lines)
+def help_text() -> str:
+    parser = run_parser()
+    return "\n".join(
+        [
+            __doc__.strip(),
+            "",
+            "packaged configs: " + ", ".join(packaged_config_names()),
+            "",
+            parser.format_help(),
+        ]
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from parcae_lm.train.config import load_run_config
-    from parcae_lm.train.trainer import train
-
     start = time.time()
     tokens = list(args.args)
     if any(t in HELP_FLAGS for t in tokens):
-        print(_help())
+        print(help_text())
         return 0
-    config = tokens.pop(0) if tokens and not tokens[0].startswith("--") else None
-    name, cfg = load_run_config(config, tokens)
-    result = train(cfg, config_name=name, start_time=start)
+    result = train(load_run_config(None, tokens), start_time=start)
     if result.summary:
         print_summary(result.summary)
     return 0

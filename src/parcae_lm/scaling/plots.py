@@ -1,11 +1,11 @@
-"""PNG plots of the scaling-law fits in `parcae_lm.scaling.fit` (matplotlib, Agg backend).
+"""PNG plots of the scaling-law fits (`isoflop`, `testtime`, `laws`) (matplotlib, Agg backend).
 
 - `plot_isoflop`: loss against x (μ_rec or tokens) per budget, the fitted parabolas, optimum markers.
 - `plot_power_law`: optimum x*(C) on log-log axes with the fitted line and its bootstrap band.
 - `plot_test_time`: loss against test-time recurrence T per model with the fitted L∞ + Z·exp(−z·T).
 - `plot_parity`: predicted against observed loss, for the parametric and unified laws.
 
-Every function writes one PNG (atomically) and returns its path.
+Every function writes one PNG (atomically, with `save_figure`) and returns its path.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from parcae_lm.files import atomic_write_bytes  # noqa: E402
-from parcae_lm.scaling.fit import IsoFlopFit, TestTimeFits  # noqa: E402
+from parcae_lm.scaling.isoflop import IsoFlopFit  # noqa: E402
+from parcae_lm.scaling.testtime import TestTimeFits  # noqa: E402
 
 _LABELS = {"mean_recurrence": "mean recurrence μ_rec", "tokens": "training tokens D"}
 
@@ -39,7 +40,8 @@ def _plain_ticks(axis, values) -> None:
         axis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Write `fig` to `path` as a PNG (atomically), close it, and return the path."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -71,7 +73,7 @@ def plot_isoflop(fit: IsoFlopFit, path: str | Path, *, loss_label: str = "valida
     ax.set_title(f"Iso-FLOP curves (★ = fitted optimum {fit.variable}*)")
     ax.legend(fontsize=8, ncol=2)
     ax.grid(alpha=0.3, which="both")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_power_law(fit: IsoFlopFit, path: str | Path) -> Path:
@@ -109,7 +111,7 @@ def plot_power_law(fit: IsoFlopFit, path: str | Path) -> Path:
     ax.set_ylabel(f"optimal {_label(fit.variable)}")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_test_time(fits: TestTimeFits, path: str | Path, *, loss_label: str = "validation loss") -> Path:
@@ -126,7 +128,7 @@ def plot_test_time(fits: TestTimeFits, path: str | Path, *, loss_label: str = "v
     ax.set_title("L(T) = L∞ + Z·exp(−z·T)  (dashed: L∞)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_parity(
@@ -145,4 +147,4 @@ def plot_parity(
     ax.set_ylabel("predicted loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)

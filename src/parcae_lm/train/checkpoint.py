@@ -9,11 +9,13 @@ when it is complete; a crash mid-write leaves the previous checkpoints untouched
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,62 @@ from parcae_lm.files import replace_dir
 
 _STEP_RE = re.compile(r"^step_(\d+)$")
 FORMAT_VERSION = 1
+
+
+@dataclass
+class TrainerState:
+    """The loop's counters, saved in every checkpoint."""
+
+    step: int = 0  # optimizer steps done
+    micro_step: int = 0  # micro-batches done on this rank
+    tokens: int = 0  # training tokens consumed, all ranks
+    train_elapsed: float = 0.0  # seconds in the training loop, periodic evals and checkpoints included
+    train_seconds: float | None = None  # the time budget, fixed at the first launch
+    best_val_bpb: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """The checkpoints of one run: `dir`/step_<N>, the settings a resume must agree with, how many to keep."""
+
+    dir: Path
+    compat: dict[str, Any]
+    keep_last_k: int
+
+    def latest(self) -> Path | None:
+        return latest_checkpoint(self.dir)
+
+    def save(
+        self, state: TrainerState, model: nn.Module, optimizers: list[torch.optim.Optimizer], loader
+    ) -> Path:
+        """A collective under torch.distributed: every rank must call it."""
+        return save_checkpoint(
+            self.dir,
+            state.step,
+            model,
+            optimizers,
+            state.to_dict(),
+            loader.state_dict(),
+            self.compat,
+            self.keep_last_k,
+        )
+
+    def resume(
+        self,
+        path: Path,
+        model: nn.Module,
+        optimizers: list[torch.optim.Optimizer],
+        loader,
+        rank: int,
+        world_size: int,
+    ) -> TrainerState:
+        """Restore model, optimizer, RNG and `loader` position from `path`; returns the loop's counters."""
+        trainer_state, loader_state = load_checkpoint(path, model, optimizers, self.compat, rank, world_size)
+        loader.load_state_dict(loader_state)
+        return TrainerState(**trainer_state)
 
 
 def rng_state() -> dict[str, Any]:

@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from parcae_lm.config.train import Strategy
 from parcae_lm.errors import ConfigError
-from parcae_lm.train.config import Strategy
 
 
 @dataclass
@@ -64,7 +64,7 @@ def wrap_model(model: nn.Module, strategy: Strategy, info: DistInfo) -> nn.Modul
     """Return the module to call for training (DDP / FSDP2-sharded / the model itself)."""
     if not info.enabled:
         return model
-    if strategy == Strategy.FSDP:
+    if strategy == Strategy.fsdp:
         from torch.distributed.fsdp import fully_shard
 
         from parcae_lm.model.layers import Block

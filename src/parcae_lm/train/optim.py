@@ -24,13 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from parcae_lm.train.config import RunConfig
-
-
-def _block_types() -> tuple[type[nn.Module], ...]:
-    from parcae_lm.model.layers import Block
-
-    return (Block,)
+from parcae_lm.config.train import OptimArgs
+from parcae_lm.model.layers import Block
 
 
 @dataclass
@@ -41,10 +36,9 @@ class ParamSplit:
 
 def split_parameters(model: nn.Module) -> ParamSplit:
     """Assign every trainable parameter to exactly one of Muon / AdamW (shared tensors once)."""
-    block_types = _block_types()
     muon_ids: set[int] = set()
     for _, module in model.named_modules():
-        if not isinstance(module, block_types):
+        if not isinstance(module, Block):
             continue
         for sub in module.modules():
             if isinstance(sub, nn.Linear) and sub.weight.requires_grad and sub.weight.ndim == 2:
@@ -62,8 +56,7 @@ def split_parameters(model: nn.Module) -> ParamSplit:
 class MuonAdamW:
     """Two torch optimizers stepped together, with the run config's hyperparameters and schedules."""
 
-    def __init__(self, model: nn.Module, cfg: RunConfig):
-        self.cfg = cfg
+    def __init__(self, model: nn.Module, cfg: OptimArgs):
         split = split_parameters(model)
         if not split.adamw:
             raise ValueError("model has no AdamW parameters (embeddings, norms); is it a Parcae/GPT model?")
@@ -118,11 +111,20 @@ class MuonAdamW:
             out["muon_lr"] = self.muon.param_groups[0]["lr"]
         return out
 
+    @property
+    def hyperparameters(self) -> dict[str, float]:
+        """The scheduled values now: LRs, and Muon's momentum and weight decay."""
+        out = self.lrs
+        if self.muon is not None:
+            out["muon_momentum"] = self.muon.param_groups[0]["momentum"]
+            out["muon_wd"] = self.muon.param_groups[0]["weight_decay"]
+        return out
+
 
 # ---------------------------------------------------------------------- schedules
 
 
-def lr_factor(progress: float, step_fraction: float, cfg: RunConfig) -> float:
+def lr_factor(progress: float, step_fraction: float, cfg: OptimArgs) -> float:
     """Multiplier on the base LRs at run progress `progress` ∈ [0, 1] (fraction of the budget used so far).
 
     Trapezoid: optional linear warmup over `warmup_fraction` (counted at the step's end, so the first step
@@ -138,7 +140,7 @@ def lr_factor(progress: float, step_fraction: float, cfg: RunConfig) -> float:
     return min(max(factor, 0.0), 1.0)
 
 
-def muon_momentum(step: int, cfg: RunConfig) -> float:
+def muon_momentum(step: int, cfg: OptimArgs) -> float:
     """Linear warmup of Muon's momentum from `muon_momentum_warmup_start` to `muon_momentum` (optimizer steps)."""
     if cfg.muon_momentum_warmup_steps <= 0:
         return cfg.muon_momentum
@@ -146,6 +148,6 @@ def muon_momentum(step: int, cfg: RunConfig) -> float:
     return (1 - frac) * cfg.muon_momentum_warmup_start + frac * cfg.muon_momentum
 
 
-def muon_weight_decay(progress: float, cfg: RunConfig) -> float:
+def muon_weight_decay(progress: float, cfg: OptimArgs) -> float:
     """Muon weight decay, linear from `muon_weight_decay` to 0 over the run."""
     return cfg.muon_weight_decay * (1.0 - min(max(progress, 0.0), 1.0))

@@ -1,16 +1,20 @@
-"""Where training metrics go: metrics.jsonl (always), TensorBoard and W&B (offline, optional), curves.png.
-
-Also the device's measured fp32 matmul peak, the denominator of MFU.
+"""What a run reports while it trains: metrics.jsonl (always), TensorBoard and W&B (offline, optional),
+throughput and MFU over each logging window, a progress bar, and curves.png at the end.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm.auto import tqdm
+
 from parcae_lm.errors import ConfigError
+from parcae_lm.train.distributed import all_reduce_sum
 
 
 class MetricsLogger:
@@ -81,6 +85,94 @@ class MetricsLogger:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+class Throughput:
+    """The training steps since the last record: summed loss (on device), tokens and wall time, turned into
+    the record's mean loss (over ranks), tokens/s and MFU (model FLOPs over the measured matmul peak)."""
+
+    def __init__(
+        self, device: torch.device, flops_per_token: float, peak_flops: float, world_size: int
+    ) -> None:
+        self.flops_per_token, self.peak_flops, self.world_size = flops_per_token, peak_flops, world_size
+        self._loss = torch.zeros((), device=device)
+        self._steps, self._tokens, self._t0 = 0, 0, time.perf_counter()
+
+    def add(self, step_loss: torch.Tensor, tokens: int) -> None:
+        self._loss += step_loss
+        self._steps += 1
+        self._tokens += tokens
+
+    def exclude(self, seconds: float) -> None:
+        """Leave time spent outside training steps (periodic evaluation) out of the throughput."""
+        self._t0 += seconds
+
+    def record(self, grad_norm: torch.Tensor) -> dict[str, float]:
+        """loss, grad_norm (means over ranks), tok_per_s and mfu of the window; starts the next window.
+        A collective under torch.distributed."""
+        stats = torch.stack([self._loss / max(self._steps, 1), grad_norm.float()]).float()
+        all_reduce_sum(stats)
+        stats /= self.world_size
+        tok_s = self._tokens / max(time.perf_counter() - self._t0, 1e-9)
+        self._loss.zero_()
+        self._steps, self._tokens, self._t0 = 0, 0, time.perf_counter()
+        return {
+            "loss": stats[0].item(),
+            "grad_norm": stats[1].item(),
+            "tok_per_s": tok_s,
+            "mfu": tok_s * self.flops_per_token / (self.peak_flops * self.world_size),
+        }
+
+
+class ProgressBar:
+    """A tqdm bar over optimizer steps, or over seconds for a time budget (rank 0 only; off when disabled)."""
+
+    def __init__(
+        self, enabled: bool, max_steps: int | None, train_seconds: float | None, step: int, elapsed: float
+    ):
+        self.by_time = max_steps is None
+        self._bar = None
+        if not enabled:
+            return
+        if self.by_time:
+            fmt = "{l_bar}{bar}| {n:.0f}/{total}s [{elapsed}<{remaining}{postfix}]"
+            self._bar = tqdm(
+                total=round(train_seconds),
+                initial=round(elapsed),
+                unit="s",
+                dynamic_ncols=True,
+                bar_format=fmt,
+            )
+        else:
+            self._bar = tqdm(total=max_steps, initial=step, unit="step", dynamic_ncols=True)
+
+    def step(self, seconds: float) -> None:
+        if self._bar is not None:
+            self._bar.update(min(seconds, self._bar.total - self._bar.n) if self.by_time else 1)
+
+    def overhead(self, seconds: float) -> None:
+        """Time outside the steps (evaluation, checkpoints) moves a time bar only."""
+        if self._bar is not None and self.by_time:
+            self._bar.update(min(seconds, self._bar.total - self._bar.n))
+
+    def show(self, record: dict[str, Any]) -> None:
+        if self._bar is not None:
+            postfix = {
+                "step": record["step"],
+                "loss": f"{record['loss']:.3f}",
+                "tok_s": f"{record['tok_per_s']:.0f}",
+            }
+            self._bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def say(enabled: bool, message: str) -> None:
+    """A line of run output (rank 0), printed above the progress bar."""
+    if enabled:
+        tqdm.write(message)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
