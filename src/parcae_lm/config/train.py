@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonargparse import ArgumentParser, get_loader, set_parsing_settings
+from jsonargparse import ArgumentError, ArgumentParser, get_loader, set_parsing_settings
 from jsonargparse.typing import register_type
 
 from parcae_lm.config.model import ModelConfig, create_config
@@ -263,7 +263,7 @@ class RunConfig:
     model_name: str = "parcae-tiny"
     """Named model config (`parcae info NAME --json` shows its fields)."""
     model: dict[str, Any] = field(default_factory=dict)
-    """Overrides of the named model config's fields, e.g. --model.n_embd 128 (vocab_size and block_size default to the data's)."""
+    """Overrides of the named model config's fields, e.g. --model.n_embd 128 (vocab/block size: the data's)."""
     resume: bool = False
     """Continue from the newest checkpoint in the run directory."""
     data: DataArgs = field(default_factory=DataArgs)
@@ -408,11 +408,12 @@ def model_overrides(model_name: str, overrides: Mapping[str, Any]) -> dict[str, 
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ConfigError(
-            f"unknown model field {unknown[0]!r} for {cls.__name__} ({model_name}); known: {', '.join(sorted(known))}"
+            f"unknown model field {unknown[0]!r} for {cls.__name__} ({model_name}); "
+            f"known: {', '.join(sorted(known))}"
         )
     try:
         parsed = _model_parser(cls).parse_object(dict(overrides), defaults=False)
-    except Exception as e:  # jsonargparse's ArgumentError
+    except ArgumentError as e:
         raise ConfigError(_type_error(e, cls, "model.")) from None
     return parsed.as_dict()
 
@@ -433,7 +434,7 @@ def _run_parser() -> ArgumentParser:
         "--config",
         type=str | None,
         default=None,
-        help=f"Packaged run config name or YAML file (null: {DEFAULT_CONFIG}); the other options override it.",
+        help=f"Packaged run config name or YAML file (null: {DEFAULT_CONFIG}); the options override it.",
     )
     parser.add_class_arguments(RunConfig, None, fail_untyped=True)
     return parser
@@ -459,7 +460,7 @@ def _parse_tokens(tokens: list[str]) -> dict[str, Any]:
     """The settings given as command-line tokens, typed, as a nested mapping."""
     try:
         ns = _run_parser().parse_args(tokens, defaults=False)
-    except Exception as e:  # jsonargparse's ArgumentError
+    except ArgumentError as e:
         raise ConfigError(_type_error(e, RunConfig, "", tokens=True)) from None
     return ns.as_dict()
 
@@ -470,7 +471,7 @@ def _parse(raw: dict[str, Any], source: str) -> RunConfig:
     _check_keys(raw, RunConfig, "", source)
     try:
         given = _run_parser().parse_object(raw, defaults=False).as_dict()
-    except Exception as e:  # jsonargparse's ArgumentError
+    except ArgumentError as e:
         raise ConfigError(f"{source}: {_type_error(e, RunConfig, '')}") from None
     given.pop("config", None)
     hints = typing.get_type_hints(RunConfig)
@@ -539,7 +540,7 @@ _VALUE = re.compile(r"(?:Given value|Got value): (.*)$|'(.*)' is not a valid \w+
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (\S+)")
 
 
-def _type_error(err: Exception, cls: type, prefix: str, tokens: bool = False) -> str:
+def _type_error(err: ArgumentError, cls: type, prefix: str, tokens: bool = False) -> str:
     """One line naming the key, what its type expects and the value given, from a jsonargparse error."""
     text = str(err)
     if tokens and (m := _UNRECOGNIZED.search(text)):

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from parcae_lm.config.train import Strategy
 from parcae_lm.errors import ConfigError
+from parcae_lm.model.layers import Block
 
 
 @dataclass
@@ -65,10 +68,6 @@ def wrap_model(model: nn.Module, strategy: Strategy, info: DistInfo) -> nn.Modul
     if not info.enabled:
         return model
     if strategy == Strategy.fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        from parcae_lm.model.layers import Block
-
         # Shard each prelude/coda (or GPT) block on its own; the recurrent core blocks stay in the root
         # group with the embeddings, injection and head. The core runs a sampled number of iterations
         # that differs between ranks, and a separately sharded module would then issue a different
@@ -79,8 +78,6 @@ def wrap_model(model: nn.Module, strategy: Strategy, info: DistInfo) -> nn.Modul
                 fully_shard(module)
         fully_shard(model)
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     # Parameters untouched by a micro-batch (a value-embedding table feeding a no-grad iteration, a GPT
     # without value-embedding gates on some layer) must not stall the all-reduce.
     return DDP(
@@ -92,18 +89,14 @@ def wrap_model(model: nn.Module, strategy: Strategy, info: DistInfo) -> nn.Modul
 
 def no_grad_sync(model: nn.Module, last_micro: bool) -> AbstractContextManager:
     """Skip the gradient all-reduce on all but the last micro-batch of an accumulation."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     if isinstance(model, DDP) and not last_micro:
         return model.no_sync()
-    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+    if isinstance(model, FSDPModule):
         model.set_requires_gradient_sync(last_micro)
     return nullcontext()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     inner = getattr(model, "_orig_mod", model)  # torch.compile
     if isinstance(inner, DDP):
         inner = inner.module

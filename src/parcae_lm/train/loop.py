@@ -52,7 +52,7 @@ def train_loop(
         state.train_elapsed += last_step_s
         report.step(result, cfg.tokens_per_step, last_step_s)
 
-        t_step_end = time.perf_counter()
+        t_step_end = t0 + last_step_s
         finished = budget.done(state.step, state.train_elapsed, last_step_s)
         if state.step % cfg.log.interval == 0 or finished:
             guard.check(state.step, "training", checkpoints.latest())

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from parcae_lm.config import ModelConfig
 from parcae_lm.config.train import SampleArgs, Strategy
@@ -35,8 +36,6 @@ def full_model(model: nn.Module, mcfg: ModelConfig, strategy: Strategy) -> nn.Mo
         torch.distributed.is_available() and torch.distributed.is_initialized()
     ):
         return model
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if torch.distributed.get_rank() != 0:  # cpu_offload gathers the full state on rank 0 only
         return None

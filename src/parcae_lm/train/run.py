@@ -108,12 +108,13 @@ def _train(cfg: RunConfig, t_start: float, info: DistInfo) -> RunResult:
         report.bar.close()
         t_eval = time.perf_counter()
         final = validator(stepper.model, final_depths, max_batches=None)
+        eval_seconds = time.perf_counter() - t_eval
         report.final(state, final)
     numbers = {
         "params": n_params,
         "flops_per_token": fpt,
         "matmul_peak_flops": peak,
-        "final_eval_seconds": round(time.perf_counter() - t_eval, 2),
+        "final_eval_seconds": round(eval_seconds, 2),
         "setup_seconds": round(setup_seconds, 2),  # data preparation, model build, benchmarks
         "world_size": info.world_size,
     }

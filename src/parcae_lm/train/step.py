@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from parcae_lm.config.train import Precision
 from parcae_lm.errors import TrainingError
@@ -76,7 +77,7 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
     """Clip to `max_norm` (<= 0: no clipping) and return the norm before clipping."""
     grads = [p.grad for p in params if p.grad is not None]
     total = torch.nn.utils.get_total_norm(grads)
-    if hasattr(total, "full_tensor"):  # FSDP2: DTensor norm
+    if isinstance(total, DTensor):  # FSDP2: the norm of sharded gradients
         total = total.full_tensor()
     if max_norm > 0:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
@@ -110,7 +111,7 @@ class Stepper:
     def flag_nonfinite_weights(self, guard: NonFiniteGuard) -> None:
         """The update itself can produce non-finite weights (checked before saving them)."""
         local = [
-            p.to_local() if hasattr(p, "to_local") else p for p in self.params
+            p.to_local() if isinstance(p, DTensor) else p for p in self.params
         ]  # FSDP2: this rank's shard
         guard.flag(~torch.stack([torch.isfinite(p).all() for p in local]).all())
 

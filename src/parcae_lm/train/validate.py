@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from parcae_lm.config import ModelConfig
 from parcae_lm.config.train import EvalArgs
@@ -95,4 +96,4 @@ class Validator:
 def _eval_module(model: nn.Module) -> nn.Module:
     # DDP adds collectives (buffer broadcast) to every forward; evaluation needs none, so use the module.
     inner = unwrap(model)
-    return model if hasattr(inner, "set_requires_gradient_sync") else inner  # FSDP2 must stay sharded
+    return model if isinstance(inner, FSDPModule) else inner  # FSDP2 must stay sharded
