@@ -26,6 +26,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            # One fused kernel; the same numbers as the three steps below, forward and backward.
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         # Normalise in fp32 even under autocast, cast back, *then* scale (as the reference does).
         return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
 
@@ -125,10 +128,13 @@ class CausalSelfAttention(nn.Module):
         self.ve_gate = nn.Linear(VE_GATE_CHANNELS, n_kv, bias=False) if has_ve else None
 
     def qkv(self, x: Tensor) -> Tensor:
-        """q, k and v in one matmul (the weights stay separate parameters, as in the authors' checkpoints)."""
+        """q, k and v side by side. With autograd on (training) one matmul against the concatenated weights,
+        which runs faster than three; without it (evaluation, decoding) three matmuls, which give the same
+        numbers without copying the weights at every call. The weights stay separate parameters, as in the
+        authors' checkpoints."""
         lins = (self.c_q, self.c_k, self.c_v)
-        if not all(isinstance(lin.weight, Tensor) for lin in lins):  # e.g. int8 dynamic-quantized modules
-            return torch.cat([lin(x) for lin in lins], dim=-1)
+        if not torch.is_grad_enabled() or not all(isinstance(lin.weight, Tensor) for lin in lins):
+            return torch.cat([lin(x) for lin in lins], dim=-1)  # (also int8 dynamic-quantized modules)
         bias = None if self.c_q.bias is None else torch.cat([lin.bias for lin in lins])
         return F.linear(x, torch.cat([lin.weight for lin in lins]), bias)
 
@@ -149,11 +155,27 @@ class CausalSelfAttention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
         if cache is not None:
             k, v = cache.update(ctx.input_pos, k, v, ctx.rows, ctx.kv_length)
-        is_causal = ctx.mask is None and cache is None
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=ctx.mask, is_causal=is_causal, enable_gqa=self.n_head != self.n_kv
-        )
+        if T == 1 and cache is not None and torch.compiler.is_compiling():
+            y = single_query_attention(q, k, v, ctx.mask)
+        else:
+            is_causal = ctx.mask is None and cache is None
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=ctx.mask, is_causal=is_causal, enable_gqa=self.n_head != self.n_kv
+            )
         return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+def single_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """softmax(q·kᵀ/√D)·v for one query per head, q [B, H, 1, D] over k, v [B, H_kv, L, D] (query head h
+    reads kv head h // (H / H_kv), as grouped-query SDPA), masked by `mask` [B or 1, 1, 1, L]. Written as
+    products and sums, a compiled decode step fuses it into one kernel, where SDPA is an opaque call."""
+    B, H, _, D = q.shape
+    n_kv = k.shape[1]
+    scores = (q.view(B, n_kv, H // n_kv, 1, D) * k[:, :, None]).sum(-1) * D**-0.5  # [B, H_kv, G, L]
+    if mask is not None:
+        scores = scores.masked_fill(~mask.view(mask.shape[0], 1, 1, -1), float("-inf"))
+    p = torch.softmax(scores, dim=-1)
+    return (p[..., None] * v[:, :, None]).sum(-2).view(B, H, 1, D)
 
 
 class MLP(nn.Module):
