@@ -245,7 +245,7 @@ def _cmd_bpb(args: argparse.Namespace) -> int:
         total = -(-count_text_windows(tokenizer, docs, seq_len) // args.batch_size)
         batches, source = text_batches(tokenizer, docs, seq_len, args.batch_size), str(args.text)
     else:
-        batches, total = shard_batches(args.shards, args.split, seq_len, args.batch_size), None
+        batches, total = shard_batches(args.shards, args.split, seq_len, args.batch_size, tokenizer), None
         source = f"{args.shards} ({args.split})"
     results = evaluate_bpb(
         model,

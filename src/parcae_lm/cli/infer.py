@@ -94,7 +94,7 @@ def _setup(args):
         raise ConfigError(
             f"--seq-len {args.seq_len} exceeds the model's block_size={model.config.block_size}"
         )
-    batches = validation_batches(shards, args.seq_len, args.batch_size, args.batches)
+    batches = validation_batches(shards, args.seq_len, args.batch_size, args.batches, run.tokenizer)
     return model, token_bytes, batches
 
 
