@@ -32,7 +32,7 @@ class EvalError(ParcaeError):
     """Bad evaluation data or settings."""
 
 
-class StorageError(ParcaeError):
+class StorageError(ParcaeError, OSError):
     """A path that cannot be written as asked (not a directory, read-only, disk full) or that another
     process holds."""
 

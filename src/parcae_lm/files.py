@@ -137,45 +137,54 @@ def write_failure(error: BaseException, path: Path, what: str, needed_bytes: int
     """A one-line StorageError for a failed write of `what` at `path`. It says so when the disk is full:
     the error is ENOSPC/EDQUOT, or (for writers that do not report an errno, like torch.save) the free space
     is below `needed_bytes`."""
+    if isinstance(error, StorageError):
+        return error
     path = Path(path)
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
     free = shutil.disk_usage(existing if existing.is_dir() else existing.parent).free
     code = getattr(error, "errno", None)
     if code in (errno.ENOSPC, errno.EDQUOT) or (needed_bytes and free < needed_bytes):
         need = f", about {_mb(needed_bytes)} needed" if needed_bytes else ""
-        return StorageError(f"cannot write {what} to {path}: the disk is full ({_mb(free)} free{need})")
+        return StorageError(f"cannot write {what} at {path}: the disk is full ({_mb(free)} free{need})")
     if code == errno.EROFS:
-        return StorageError(f"cannot write {what} to {path}: the file system is read-only")
+        return StorageError(f"cannot write {what} at {path}: the file system is read-only")
     if code in (errno.EACCES, errno.EPERM):
-        return StorageError(f"cannot write {what} to {path}: permission denied")
+        return StorageError(f"cannot write {what} at {path}: permission denied")
     if code == errno.ENOTDIR:
-        return StorageError(f"cannot write {what} to {path}: a part of the path is a file, not a directory")
+        return StorageError(f"cannot write {what} at {path}: a part of the path is a file, not a directory")
     reason = getattr(error, "strerror", None) or " ".join(str(error).split()) or type(error).__name__
-    return StorageError(f"cannot write {what} to {path}: {reason}")
+    return StorageError(f"cannot write {what} at {path}: {reason}")
 
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write then rename, so a crash never leaves a half-written file under the final name."""
+def atomic_write_bytes(path: Path, data: bytes, what: str = "file") -> None:
+    """Write then rename, so a crash never leaves a half-written file under the final name. A failure
+    (a full disk, a read-only file system) raises StorageError naming `what` and `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    ensure_dir(path.parent, f"the directory of {what}")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         publish_file(Path(tmp), path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise write_failure(e, path, what, len(data)) from e
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, what: str = "file") -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), what)
 
 
 def replace_dir(src: Path, dst: Path) -> None:
