@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from parcae_lm.config import ModelConfig, from_dict
@@ -47,8 +49,6 @@ _WRAPPER_COMPONENTS = {"module", "_orig_mod", "_forward_module", "model"}
 def save_pretrained(model: LanguageModel, directory: str | Path) -> Path:
     """Write `config.json` + `model.safetensors` + `checksums.json` (each complete before it is renamed into
     place; a crash between renames leaves a pair that fails verification rather than a silent mix)."""
-    from safetensors.torch import save_file
-
     directory = ensure_dir(Path(directory), "model directory")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
@@ -62,7 +62,7 @@ def save_pretrained(model: LanguageModel, directory: str | Path) -> Path:
             Path(tmp, CHECKSUMS).write_text(json.dumps({"sha256": {weights: digest}}, indent=2) + "\n")
             for name in (weights, "config.json", CHECKSUMS):
                 os.replace(os.path.join(tmp, name), directory / name)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error type
         needed = sum(v.numel() * v.element_size() for v in state.values())
         raise write_failure(e, directory / weights, "the model", needed) from e
     return directory
@@ -228,8 +228,6 @@ def weight_file(directory: Path) -> Path:
 def load_state_dict_file(directory: Path) -> dict[str, Tensor]:
     path = weight_file(directory)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except Exception as e:

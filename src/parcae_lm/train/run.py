@@ -166,41 +166,57 @@ def _prepare(cfg: RunConfig, info: DistInfo) -> tuple[Tokenizer, Path]:
 
 @contextmanager
 def _claim(run_dir: Path, cfg: RunConfig, tokenizer: Tokenizer, info: DistInfo) -> Iterator[Any]:
-    """Rank 0 holds the run directory's exclusive lock for the whole run and writes config.yaml and
-    tokenizer/ into it; a rank-0 failure here reaches every rank. Yields `setup_done`, to call once the
-    run is about to take its first step: before that, a failure removes a directory this call created."""
+    """Rank 0 holds the run directory's exclusive lock for the whole run. Yields `setup_done`, to call
+    when the run is about to take its first step: it writes config.yaml and tokenizer/ (so a failed setup
+    never leaves a config that did not run); before it, a failure removes a directory this call created.
+    A rank-0 failure here reaches every rank."""
     created, started = False, False
 
     def setup_done() -> None:
         nonlocal started
+        _on_main(info, lambda: _write_run_files(run_dir, cfg, tokenizer))
         started = True
 
     with contextlib.ExitStack() as stack:
-        error: ParcaeError | None = None
-        if info.is_main:
-            try:
-                created = _make_run_dir(run_dir)
-                stack.enter_context(exclusive_lock(run_dir / LOCK_FILE, f"run directory {run_dir}"))
-                if not cfg.resume and list_checkpoints(run_dir / "checkpoints"):
-                    raise ConfigError(
-                        f"run directory {run_dir} already has checkpoints; pass --resume true to continue it, "
-                        "or choose another --run_name"
-                    )
-                tokenizer.save(run_dir / "tokenizer")
-                atomic_write_text(run_dir / "config.yaml", cfg.to_yaml(), "the run config")
-            except ParcaeError as e:
-                error = e
-            except OSError as e:  # tokenizer.save writes through the tokenizers library
-                error = StorageError(f"cannot set up run directory {run_dir}: {e}")
-        error = broadcast_object(error)
+
+        def claim() -> None:
+            nonlocal created
+            created = _make_run_dir(run_dir)
+            stack.enter_context(exclusive_lock(run_dir / LOCK_FILE, f"run directory {run_dir}"))
+            if not cfg.resume and list_checkpoints(run_dir / "checkpoints"):
+                raise ConfigError(
+                    f"run directory {run_dir} already has checkpoints; pass --resume true to continue it, "
+                    "or choose another --run_name"
+                )
+
         try:
-            if error is not None:
-                raise error
+            _on_main(info, claim)
             yield setup_done
         except BaseException:
             if created and not started:
                 shutil.rmtree(run_dir, ignore_errors=True)  # still under our lock: nobody else is in it
             raise
+
+
+def _on_main(info: DistInfo, work) -> None:
+    """Run `work` on rank 0; a ParcaeError it raises is raised on every rank."""
+    error: ParcaeError | None = None
+    if info.is_main:
+        try:
+            work()
+        except ParcaeError as e:
+            error = e
+    error = broadcast_object(error)
+    if error is not None:
+        raise error
+
+
+def _write_run_files(run_dir: Path, cfg: RunConfig, tokenizer: Tokenizer) -> None:
+    try:
+        tokenizer.save(run_dir / "tokenizer")
+    except OSError as e:  # a StorageError already, or the tokenizers library's own write error
+        raise write_failure(e, run_dir / "tokenizer", "the tokenizer") from e
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml(), "the run config")
 
 
 def _make_run_dir(run_dir: Path) -> bool:
