@@ -278,9 +278,9 @@ def test_sweep_runs_resumes_and_feeds_parcae_fit(data, tmp_path, monkeypatch):
             str(tmp_path / "results.csv"),
             "--out",
             str(out),
-            "--n-starts",
+            "--n_starts",
             "2",
-            "--n-candidates",
+            "--n_candidates",
             "64",
         ]
     )

@@ -101,29 +101,28 @@ def command_parser(fn: Command) -> ArgumentParser:
         _add_debug(parser)
         return parser
     parser = ArgumentParser(description=description, exit_on_error=False)
-    params = inspect.signature(fn).parameters.values()
+    params = inspect.signature(fn).parameters
     hints = typing.get_type_hints(fn)
-    for p in params:
+    for p in params.values():
         if p.kind not in (p.POSITIONAL_ONLY, p.KEYWORD_ONLY):
             raise TypeError(f"{fn.__qualname__}: parameter {p.name!r} must come before '/' or after '*'")
-    enums = {p.name: e for p in params if (e := _enum_of(hints[p.name])) is not None}
+    enums = {name: cls for name in params if (cls := _enum_of(hints[name])) is not None}
     parser.add_function_arguments(fn, None, as_group=False, as_positional=True, skip=set(enums))
     docs = {p.arg_name: p.description for p in doc.params}
     for name, cls in enums.items():  # spelled by value, as in the YAML files
-        param = inspect.signature(fn).parameters[name]
         values: Any = Literal[tuple(m.value for m in cls)]  # type: ignore[misc]
-        optional = param.default is None
+        default = params[name].default
         parser.add_argument(
             f"--{name}",
-            type=values | None if optional else values,
-            default=None if optional else param.default.value,
+            type=values | None if default is None else values,
+            default=None if default is None else default.value,
             help=docs.get(name),
         )
     for action in parser._actions:
-        param = inspect.signature(fn).parameters.get(action.dest)
+        param = params.get(action.dest)
         if param is None:
             continue
-        if not action.option_strings and param.default is not param.empty:
+        if not action.option_strings and param.default is not param.empty:  # an optional positional
             action.nargs, action.default, action.required = "?", param.default, False
         if hints[param.name] is bool:
             action.nargs, action.const = "?", True  # `--compile` alone means `--compile true`
@@ -156,7 +155,7 @@ def run(commands: Mapping[str, Command | Group], argv: list[str] | None = None) 
                 raise
             print(f"error: {usage_message(e, commands, argv)}", file=sys.stderr)
             return 2
-        path, fn, given = _selected(commands, ns)
+        fn, given = _selected(commands, ns)
         return int(_call(fn, given) or 0)
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
@@ -173,16 +172,14 @@ def run(commands: Mapping[str, Command | Group], argv: list[str] | None = None) 
         return 0
 
 
-def _selected(commands: Mapping[str, Command | Group], ns: dict[str, Any]) -> tuple[list[str], Command, dict]:
-    """The command path, the function and its given values from the parsed namespace."""
-    path: list[str] = []
+def _selected(commands: Mapping[str, Command | Group], ns: dict[str, Any]) -> tuple[Command, dict]:
+    """The chosen function and the values given to it, from the parsed namespace."""
     entry: Command | Group = Group("", commands)
     while isinstance(entry, Group):
         name = ns["command"]
-        path.append(name)
         entry, ns = entry.commands[name], ns.get(name, {})
     ns.pop("debug", None)
-    return path, entry, ns
+    return entry, ns
 
 
 def _call(fn: Command, given: dict[str, Any]) -> Any:
