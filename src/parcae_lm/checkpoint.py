@@ -147,7 +147,10 @@ def _refuse(problem: str, allow_unverified: bool) -> None:
     if allow_unverified:
         warnings.warn(f"{problem}; loading it anyway (allow_unverified=True)", stacklevel=3)
         return
-    raise CheckpointError(f"{problem}; refusing to load it (allow_unverified=True loads it anyway)")
+    raise CheckpointError(
+        f"{problem}; refusing to load it (allow_unverified=True, or --allow_unverified on the command line, "
+        "loads it anyway)"
+    )
 
 
 def resolve_directory(name_or_path: str | Path) -> Path:
