@@ -652,7 +652,7 @@ def test_model_config_from_a_dict_is_type_checked():
 
 
 def test_a_second_training_into_the_same_run_directory_is_refused_and_the_first_finishes(data, tmp_path):
-    cfg = make_cfg(data, tmp_path, **{"train.max_steps": 30, "checkpoint.interval": 10, "eval.interval": 10})
+    cfg = make_cfg(data, tmp_path, **{"train.max_steps": 12, "checkpoint.interval": 6, "eval.interval": 6})
     (tmp_path / "cfg.yaml").write_text(cfg.to_yaml())
     first = run_python(TRAIN_SCRIPT, str(tmp_path / "cfg.yaml"))
     lock = tmp_path / "r" / ".lock"
@@ -662,8 +662,8 @@ def test_a_second_training_into_the_same_run_directory_is_refused_and_the_first_
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-2000:]
     run = tmp_path / "r"
-    assert json.loads((run / "summary.json").read_text())["steps"] == 30
-    assert train_steps(run) == list(range(1, 31))  # one writer: every line whole, none twice
+    assert json.loads((run / "summary.json").read_text())["steps"] == 12
+    assert train_steps(run) == list(range(1, 13))  # one writer: every line whole, none twice
     assert lock.read_text() == ""  # released
 
 
@@ -904,3 +904,178 @@ def test_a_cache_lock_on_a_read_only_disk_is_a_storage_error(tmp_path):
         file_lock(disk / ".entry.lock"),
     ):
         pass
+
+
+# ----------------------------------------------------------------------------------- command line
+
+
+def cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    from parcae_lm.cli import main
+
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(err: str, fragment: str) -> None:
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and fragment in lines[0], err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("option", "fragment"),
+    [
+        (["--temperature", "-1"], "temperature must be ≥ 0, got -1.0"),
+        (["--top_k", "0"], "top_k must be ≥ 1, got 0"),
+        (["--top_p", "1.5"], "top_p must be in (0, 1], got 1.5"),
+        (["--top_p", "0"], "top_p must be in (0, 1], got 0.0"),
+        (["--max_new_tokens", "-5"], "max_new_tokens must be ≥ 0, got -5"),
+        (["--recurrence", "-2"], "num_steps must be ≥ 1 for cached decoding, got -2"),
+        (["--device", "gpu"], "unknown device 'gpu'"),
+    ],
+)
+def test_cli_invalid_sampling_values_are_one_line_exit_1(reference, capsys, option, fragment):
+    code, _, err = cli(["generate", str(reference), "ROMEO:", "--max_new_tokens", "5", *option], capsys)
+    assert code == 1
+    assert_one_line_error(err, fragment)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "warm"])
+def test_cli_a_temperature_that_is_not_a_number_is_a_usage_error(reference, capsys, value):
+    code, _, err = cli(["generate", str(reference), "--max_new_tokens", "5", "--temperature", value], capsys)
+    assert code == 2
+    assert_one_line_error(err, f"--temperature: expected float, got '{value}'")
+
+
+def test_cli_generate_refuses_corrupted_weights_unless_allowed(reference, tmp_path, capsys):
+    run = copy_run(reference, tmp_path)
+    size = (run / "model.safetensors").stat().st_size
+    _overwrite(run / "model.safetensors", size // 2, b"\xff" * 4096)
+    code, out, err = cli(
+        ["generate", str(run), "ROMEO:", "--max_new_tokens", "5", "--temperature", "0"], capsys
+    )
+    assert code == 1 and out == ""
+    assert_one_line_error(err, "model.safetensors does not match the sha256 recorded in checksums.json")
+    with pytest.warns(UserWarning, match="loading it anyway"):
+        code, _, err = cli(
+            ["generate", str(run), "ROMEO:", "--max_new_tokens", "5", "--allow_unverified"], capsys
+        )
+    assert code == 1  # sampling from NaN probabilities: a clear line, not a RuntimeError
+    assert_one_line_error(err, "cannot sample: the model's next-token probabilities hold NaN or inf")
+
+
+def test_cli_eval_bpb_refuses_shards_of_another_tokenizer(reference, data, other_tokenizer, tmp_path, capsys):
+    argv = [
+        "eval",
+        "bpb",
+        str(reference),
+        "--shard_dir",
+        str(data[1]),
+        "--seq_len",
+        "32",
+        "--out",
+        str(tmp_path),
+    ]
+    code, _, err = cli([*argv, "--tokenizer", str(other_tokenizer)], capsys)
+    assert code == 1
+    assert_one_line_error(err, "tokenizer mismatch: the shards in")
+    assert os.listdir(tmp_path) == []  # no result written
+
+
+def _train_argv(data, out: Path, *extra: str) -> list[str]:
+    tok_dir, shard_dir = data
+    return [
+        "train", "--model_name", "parcae-micro", "--data.shard_dir", str(shard_dir),
+        "--data.tokenizer_dir", str(tok_dir), "--data.seq_len", "32", "--train.micro_batch_size", "4",
+        "--train.global_batch_size", "4", "--train.max_steps", "6", "--checkpoint.interval", "3",
+        "--eval.interval", "3", "--eval.batches", "2", "--log.interval", "1", "--log.progress", "false",
+        "--sample.prompts", '["ROMEO:"]', "--sample.tokens", "8", "--optim.muon_lr", "0.02",
+        "--optim.adam_lr", "0.01", "--system.threads", "1", "--out_dir", str(out), "--run_name", "r", *extra,
+    ]  # fmt: skip
+
+
+def test_cli_train_with_another_tokenizer_writes_nothing(data, other_tokenizer, tmp_path, capsys):
+    code, _, err = cli([*_train_argv(data, tmp_path), "--data.tokenizer_dir", str(other_tokenizer)], capsys)
+    assert code == 1
+    assert_one_line_error(err, "tokenizer mismatch")
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_train_into_a_directory_in_use(data, tmp_path, capsys):
+    (tmp_path / "r").mkdir()
+    with exclusive_lock(tmp_path / "r" / ".lock", f"run directory {tmp_path / 'r'}"):
+        code, _, err = cli(_train_argv(data, tmp_path), capsys)
+    assert code == 1
+    assert_one_line_error(err, f"is in use by pid {os.getpid()} on ")
+    assert sorted(os.listdir(tmp_path / "r")) == [".lock"]
+
+
+def test_cli_train_out_dir_is_a_file(data, tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    code, _, err = cli(_train_argv(data, tmp_path / "f"), capsys)
+    assert code == 1
+    assert_one_line_error(err, "is a file, not a directory")
+
+
+def test_cli_resume_never_runs_code_from_a_checkpoint(reference, data, tmp_path, capsys):
+    run = copy_run(reference, tmp_path)
+    marker = tmp_path / "pwned"
+    torch.save({"trainer": Payload(marker)}, run / "checkpoints" / "step_6" / "state.pt")
+    code, _, err = cli([*_train_argv(data, tmp_path), "--resume", "true"], capsys)
+    assert code == 1
+    assert_one_line_error(err, "cannot run code")
+    assert not marker.exists()
+
+
+def test_cli_a_mistyped_run_path(tmp_path, capsys, monkeypatch):
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(["generate", "runs/ref3O"], capsys)
+    assert code == 1
+    assert_one_line_error(err, "model directory runs/ref3O does not exist")
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "fragment"),
+    [
+        (["--system.device", "gpu"], 1, "system.device must be cpu, cuda, cuda:N, mps or null"),
+        (["--run_name", ".."], 1, "run_name may only contain"),
+        (["--train.max_steps", "nan"], 2, "--train.max_steps: expected int or null, got 'nan'"),
+        (["--train.bogus", "1"], 2, "--train.bogus"),
+    ],
+)
+def test_cli_bad_training_options(data, tmp_path, capsys, argv, code, fragment):
+    got, _, err = cli([*_train_argv(data, tmp_path), *argv], capsys)
+    assert got == code
+    assert_one_line_error(err, fragment)
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_debug_shows_the_traceback(tmp_path):
+    from parcae_lm.cli import main
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        main(["generate", str(tmp_path / "nope"), "--debug"])
+
+
+def test_cli_ctrl_c_exits_130_and_the_run_resumes(data, tmp_path, capsys):
+    argv = _train_argv(data, tmp_path)
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "parcae_lm", *argv],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for((tmp_path / "r" / "checkpoints" / "step_3" / "state.pt").is_file, what="the first checkpoint")
+    victim.send_signal(signal.SIGINT)
+    _, err = victim.communicate(timeout=120)
+    if victim.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert victim.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "summary.json").exists()
+    code, _, _ = cli([*argv, "--resume", "true"], capsys)
+    assert code == 0
+    assert train_steps(tmp_path / "r") == list(range(1, 7))
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["steps"] == 6

@@ -93,9 +93,10 @@ class Manifest:
         """Raise unless `tokenizer` is the one these shards were written with."""
         if tokenizer.fingerprint() != self.tokenizer_sha256:
             where = f"the shards in {shard_dir}" if shard_dir is not None else "the shards"
+            origin = f", from {self.tokenizer_dir}" if self.tokenizer_dir else ""
             raise DataError(
                 f"tokenizer mismatch: {where} were written with tokenizer {self.tokenizer_sha256[:12]} "
-                f"(vocab {self.vocab_size}, from {self.tokenizer_dir}), but the given tokenizer is "
+                f"(vocab {self.vocab_size}{origin}), but the given tokenizer is "
                 f"{tokenizer.fingerprint()[:12]} (vocab {tokenizer.vocab_size}); re-tokenize the corpus with "
                 "this tokenizer (`parcae data prepare`) or use the tokenizer the shards were made with"
             )
