@@ -141,6 +141,17 @@ class KVCache:
     def memory_bytes(self) -> int:
         return 2 * self.k.numel() * self.k.element_size()
 
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A cache over rows start..stop−1 that shares this one's storage (writes land in both)."""
+        view = KVCache.__new__(KVCache)
+        view.k, view.v = self.k[start:stop], self.v[start:stop]
+        return view
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy row `src` (every position) into row `dst`."""
+        self.k[dst].copy_(self.k[src])
+        self.v[dst].copy_(self.v[src])
+
 
 class ModelCache:
     """Every attention layer's cache for one model, in unrolled order: prelude, core slots, coda."""
@@ -166,3 +177,19 @@ class ModelCache:
 
     def memory_bytes(self) -> int:
         return sum(c.memory_bytes() for c in self.layers())
+
+    def rows(self, start: int, stop: int) -> ModelCache:
+        """The cache of rows start..stop−1, sharing this one's storage: a batch can run on the first rows of
+        a larger cache, or a prefill on one row, while the others keep their sequences."""
+        return ModelCache(
+            [c.rows(start, stop) for c in self.prelude],
+            [[c.rows(start, stop) for c in slot] for slot in self.core],
+            [c.rows(start, stop) for c in self.coda],
+            self.num_steps,
+            self.strategy,
+        )
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy sequence `src` into row `dst` in every layer (compacting the rows of a running batch)."""
+        for c in self.layers():
+            c.move_row(src, dst)
