@@ -1,5 +1,5 @@
 """Process-level settings and measurements of the machine: CPU allocator tuning, the matmul peak that MFU
-is measured against, device synchronisation and peak memory.
+is measured against, the memory bandwidth that bounds decoding, device synchronisation and peak memory.
 
 `keep_freed_memory`, applied once per process when the first model is built:
 
@@ -64,6 +64,22 @@ def matmul_peak_flops(device: str | torch.device = "cpu", size: int = 2048, seco
         torch.mm(a, b, out=c)
         sync_device(device)
         best = max(best, 2 * size**3 / (time.perf_counter() - t0))
+    return best
+
+
+def memory_bandwidth(device: str | torch.device = "cpu", megabytes: int = 512, seconds: float = 1.0) -> float:
+    """Best sustained read bandwidth in bytes/s: summing a buffer far larger than the caches, over ~`seconds`.
+    The limit a decode step at batch 1 runs into: it reads every weight matrix at least once per token."""
+    device = torch.device(device)
+    x = torch.ones(megabytes * 2**20 // 4, device=device)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    x.sum()  # warm up (page faults)
+    while best == 0.0 or time.perf_counter() < deadline:
+        sync_device(device)
+        t0 = time.perf_counter()
+        x.sum()
+        sync_device(device)
+        best = max(best, x.numel() * 4 / (time.perf_counter() - t0))
     return best
 
 

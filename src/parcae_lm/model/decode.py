@@ -216,8 +216,9 @@ class BatchDecoder:
 
     Running sequences occupy rows 0..n−1 (the caller keeps them compact with `move_row`); `step` advances
     all n by one token through the first b rows of the cache, b the smallest batch bucket ≥ n (powers of
-    two up to `rows`). Rows n..b−1 are free: they compute a throwaway token at their own position 0, which
-    a later prefill overwrites before anything reads it. `prefill` writes one row's prompt (or a chunk of
+    two up to `rows`). Rows that should not advance (free rows n..b−1, or a row still reading its prompt)
+    compute a throwaway token at `idle_position`, the cache's last position: no query reads it before a
+    real token is written there. `prefill` writes one row's prompt (or a chunk of
     it) while the others keep their state. With `compiled=True` each bucket's step is one static-shape
     graph, compiled on first use or by `precompile`; prefill stays eager.
 
@@ -252,6 +253,10 @@ class BatchDecoder:
     @property
     def max_len(self) -> int:
         return self.cache.length
+
+    @property
+    def idle_position(self) -> int:
+        return self.cache.length - 1
 
     def bucket(self, n: int) -> int:
         if not 1 <= n <= self.rows:
@@ -295,7 +300,7 @@ class BatchDecoder:
             raise ValueError(f"KV cache overflow: position {int(positions.max())} ≥ max_len={self.max_len}")
         device = self.cache.prelude[0].k.device
         tok = torch.zeros(b, dtype=torch.long, device=device)
-        pos = torch.zeros(b, 1, dtype=torch.long, device=device)
+        pos = torch.full((b, 1), self.idle_position, dtype=torch.long, device=device)
         stp = torch.ones(b, dtype=torch.long, device=device)
         thr = torch.zeros(b, dtype=torch.float32, device=device)
         tok[:n], pos[:n, 0] = tokens, positions
@@ -317,7 +322,9 @@ class BatchDecoder:
             raise ValueError("this BatchDecoder was built without compiled=True")
         for b in buckets or self.buckets:
             if b not in self.compile_seconds:
-                self.step(torch.zeros(b, dtype=torch.long), torch.zeros(b, dtype=torch.long))
+                device = self.cache.prelude[0].k.device
+                idle = torch.full((b,), self.idle_position, dtype=torch.long, device=device)
+                self.step(torch.zeros(b, dtype=torch.long, device=device), idle)
         return dict(self.compile_seconds)
 
     def _steps(self, steps: int | None) -> int:
@@ -417,6 +424,13 @@ def _pool(model: LanguageModel) -> _Pool:
         if model not in _POOLS:
             _POOLS[model] = _Pool()
         return _POOLS[model]
+
+
+def compiled_decoders(model: LanguageModel) -> int:
+    """How many compiled decoders `generate` keeps for `model` (idle ones; see `checkout_decoder`)."""
+    pool = _pool(model)
+    with pool.lock:
+        return len(pool.decoders)
 
 
 def _decoder_key(model: LanguageModel, batch_size: int, length: int, num_steps, strategy) -> tuple:
