@@ -106,11 +106,10 @@ def test_greedy_completion_over_http_equals_model_generate(live, model, tokenize
         r = client.completions.create(model=NAME, prompt=prompt, max_tokens=20, temperature=0)
         assert r.choices[0].text == greedy_text(model, tokenizer, prompt, 20)
         assert r.usage.prompt_tokens == 1 + len(tokenizer.encode(prompt))
-        assert r.usage.completion_tokens == len(r.choices[0].iterations) or r.choices[0].finish_reason == "stop"
-        depth = model.config.mean_recurrence
-        assert r.model_extra is not None or True
-        usage = r.usage.model_dump()
-        assert usage["recurrence_iterations"] == depth * r.usage.completion_tokens
+        if r.choices[0].finish_reason == "length":
+            assert r.usage.completion_tokens == len(r.choices[0].iterations) == 20
+        usage = r.usage.model_dump()  # the count of iterations spent rides along OpenAI's usage fields
+        assert usage["recurrence_iterations"] == model.config.mean_recurrence * r.usage.completion_tokens
 
 
 def test_streaming_equals_non_streaming_on_both_endpoints(live):
@@ -154,7 +153,9 @@ def test_sampling_knobs_and_parcae_fields(live, model, tokenizer):
     r = client.completions.create(temperature=0, logprobs=2, **base)
     lp = r.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) > 0
-    assert all(max(top.values()) == pytest.approx(chosen) for top, chosen in zip(lp.top_logprobs, lp.token_logprobs))
+    assert all(
+        max(top.values()) == pytest.approx(chosen) for top, chosen in zip(lp.top_logprobs, lp.token_logprobs)
+    )
     # stop strings cut the text before them
     full = greedy_text(model, tokenizer, "ROMEO:", 12)
     stop = full[3:5]

@@ -254,7 +254,9 @@ async def _stream(
     finished: dict[int, Finished] = {}
     try:
         if chat:
-            yield frame([{"index": i, "delta": {"role": "assistant", "content": ""}} for i in range(len(seqs))])
+            yield frame(
+                [{"index": i, "delta": {"role": "assistant", "content": ""}} for i in range(len(seqs))]
+            )
         while len(finished) < len(seqs):
             i, event = await queue.get()
             if isinstance(event, Chunk):
@@ -382,7 +384,15 @@ def build_served(
     run = load_run(model_ref, device=device, tokenizer=tokenizer)
     compiled = compile_supported(run.model.device) if compiled is None else compiled
     return served_model(
-        run.model, run.tokenizer, name or model_ref, rows, max_len, recurrence, compiled, max_queue, prefill_chunk
+        run.model,
+        run.tokenizer,
+        name or model_ref,
+        rows,
+        max_len,
+        recurrence,
+        compiled,
+        max_queue,
+        prefill_chunk,
     )
 
 
