@@ -14,9 +14,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
     pytest.skip("no chromium binary on PATH (apt-get install chromium)", allow_module_level=True)
 
-from test_serve import LiveServer, greedy_text, model, tokenizer  # noqa: E402, F401 (fixtures)
-
 from parcae_lm.serve.app import served_model  # noqa: E402
+from serving import LiveServer, greedy_text, make_model, make_tokenizer  # noqa: E402
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 
@@ -29,7 +28,9 @@ def browser():
         b.close()
 
 
-def test_page_streams_tokens_coloured_by_depth(browser, model, tokenizer, tmp_path):
+def test_page_streams_tokens_coloured_by_depth(browser, tmp_path):
+    tokenizer = make_tokenizer()
+    model = make_model(tokenizer)
     server = LiveServer(served_model(model, tokenizer, "micro"))
     try:
         page = browser.new_page()
@@ -55,7 +56,9 @@ def test_page_streams_tokens_coloured_by_depth(browser, model, tokenizer, tmp_pa
         page.click("#generate")
         page.wait_for_function("document.body.dataset.done === '1'", timeout=60_000)
         shallow = page.locator("#output .token")
-        assert "".join(shallow.all_text_contents()) == greedy_text(model, tokenizer, "ROMEO:", 16, num_steps=1)
+        assert "".join(shallow.all_text_contents()) == greedy_text(
+            model, tokenizer, "ROMEO:", 16, num_steps=1
+        )
         assert set(shallow.evaluate_all("els => els.map(e => e.style.background)")).isdisjoint(colours)
         page.screenshot(path=str(tmp_path / "page.png"))
     finally:
