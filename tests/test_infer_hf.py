@@ -135,3 +135,31 @@ def test_fresh_process_loads_the_export_with_remote_code(tmp_path):
     ].tolist()
     n = ours.index(tok.eos_id) + 1 if tok.eos_id in ours else len(ours)
     assert got["new"][:n] == ours[:n]
+
+
+@pytest.mark.slow
+def test_lm_eval_hf_runs_a_task_on_the_export(tmp_path):
+    """`lm_eval --model hf --model_args pretrained=EXPORT,trust_remote_code=True` on a local task (~1 min)."""
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("accelerate")  # lm_eval's hf model needs it
+    from parcae_lm.infer.hf import export_hf
+
+    run_dir, _ = _run_dir(tmp_path)
+    out = export_hf(run_dir, tmp_path / "hf")
+    (tmp_path / "tasks").mkdir()
+    rows = [{"question": "ROMEO: But", "choices": [" soft", " hard"], "gold": 0}] * 3
+    (tmp_path / "toy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "tasks" / "toy.yaml").write_text(
+        "task: parcae_hf_toy\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {tmp_path / 'toy.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{gold}}"\n'
+        "metric_list:\n  - metric: acc\n"
+    )
+    cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args"]
+    cmd += [f"pretrained={out},trust_remote_code=True", "--tasks", "parcae_hf_toy", "--device", "cpu"]
+    cmd += ["--include_path", str(tmp_path / "tasks"), "--batch_size", "1"]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.update(HF_DATASETS_CACHE=str(tmp_path / "ds"), HF_MODULES_CACHE=str(tmp_path / "mods"))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "parcae_hf_toy" in proc.stdout and "acc" in proc.stdout
