@@ -122,10 +122,15 @@ def memory_bandwidth(device: str | torch.device = "cpu", megabytes: int = 512, s
 def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def peak_memory_bytes(device: torch.device) -> int:
-    """Peak allocated memory on CUDA; the process's peak resident set on CPU."""
+    """Peak allocated memory on CUDA; the memory Metal holds for the process on MPS (it keeps no peak);
+    the process's peak resident set on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory()
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB

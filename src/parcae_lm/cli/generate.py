@@ -25,7 +25,7 @@ def generate(
     seed: int = 0,
     tokenizer: str | None = None,
     device: str = "auto",
-    compile: bool = False,
+    compile: bool | None = None,
 ) -> None:
     """Sample text from a trained model (streams to stdout).
 
@@ -41,7 +41,8 @@ def generate(
         seed: Seed of the sampling.
         tokenizer: Tokenizer directory (default: MODEL/tokenizer).
         device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
-        compile: Decode through one static-shape compiled step (full cache only).
+        compile: Decode through the model's compiled step (true) or eagerly (false); default: as
+            model.generate decides (a one-off run decodes eagerly: compiling would cost more than it saves).
     """
     if num_samples < 1:
         raise ConfigError(f"--num_samples must be >= 1, got {num_samples}")

@@ -107,6 +107,9 @@ class KVCache:
         # Zeros, not empty: attention over the whole buffer gives unwritten entries weight 0, and 0·NaN = NaN.
         self.k = torch.zeros(batch, heads, length, head_size, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
+        # index_copy_ is one in-place kernel (and what compiled steps fuse); MPS lacks it on some torch
+        # versions, where positions are written by indexed assignment instead (the same values).
+        self.index_copy = self.k.device.type != "mps"
 
     @property
     def length(self) -> int:
@@ -119,8 +122,12 @@ class KVCache:
         (b indices); return the keys and values attention reads: positions 0..length−1 (default: all)."""
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)
         if rows is None and input_pos.dim() == 1:
-            self.k.index_copy_(2, input_pos, k)
-            self.v.index_copy_(2, input_pos, v)
+            if self.index_copy:
+                self.k.index_copy_(2, input_pos, k)
+                self.v.index_copy_(2, input_pos, v)
+            else:
+                self.k[:, :, input_pos] = k
+                self.v[:, :, input_pos] = v
             keys, values = self.k, self.v
         else:
             r = torch.arange(k.shape[0], device=k.device) if rows is None else rows
@@ -144,7 +151,7 @@ class KVCache:
     def rows(self, start: int, stop: int) -> KVCache:
         """A cache over rows start..stop−1 that shares this one's storage (writes land in both)."""
         view = KVCache.__new__(KVCache)
-        view.k, view.v = self.k[start:stop], self.v[start:stop]
+        view.k, view.v, view.index_copy = self.k[start:stop], self.v[start:stop], self.index_copy
         return view
 
     def move_row(self, src: int, dst: int) -> None:
