@@ -69,3 +69,42 @@ def test_int8_compiled_decode_matches_eager(model):
     q = quantize(model)
     x = torch.randint(0, 97, (2, 5))
     assert torch.equal(q.generate(x, 8, temperature=0, compiled=True), q.generate(x, 8, temperature=0))
+
+
+def test_infer_quantize_command_measures_each_variant_in_its_own_process(tmp_path, capsys):
+    import json
+
+    from parcae_lm.cli import main
+    from parcae_lm.tokenizer import Tokenizer
+    from verse import verse_shards
+
+    tok_dir, shards = verse_shards(tmp_path / "data", train_docs=4, val_lines=200, vocab_size=300)
+    tok = Tokenizer.load(tok_dir)
+    torch.manual_seed(0)
+    model = parcae_lm.create_model("parcae-micro", vocab_size=tok.vocab_size, init_strategy="scaled")
+    parcae_lm.save_pretrained(model, tmp_path / "run")
+    tok.save(tmp_path / "run" / "tokenizer")
+    out = tmp_path / "q.json"
+    args = ["infer", "quantize", str(tmp_path / "run"), "--shard_dir", str(shards), "--seq_len", "32"]
+    args += [
+        "--batch_size",
+        "2",
+        "--batches",
+        "2",
+        "--new_tokens",
+        "8",
+        "--compile",
+        "false",
+        "--device",
+        "cpu",
+    ]
+    assert main([*args, "--out", str(out)]) == 0
+    fp32, int8 = json.loads(out.read_text())
+    assert (fp32["variant"], int8["variant"]) == ("fp32", "int8")
+    assert int8["weight_bytes"] < 0.6 * fp32["weight_bytes"]
+    assert abs(int8["bits_per_byte"] - fp32["bits_per_byte"]) < 0.01 * fp32["bits_per_byte"]
+    assert fp32["peak_rss_mb"] > 0 and int8["decode_tokens_per_second"] > 0
+    assert int8["compiled_decode_tokens_per_second"] is None
+    assert "int8" in capsys.readouterr().out
+    assert main([*args, "--variants", "[int4]"]) == 1  # no int4 kernels off CUDA: one line, exit 1
+    assert "CUDA" in capsys.readouterr().err
