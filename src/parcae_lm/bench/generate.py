@@ -164,7 +164,6 @@ def load_model_or_default(path: str | None, device: str = "cpu") -> tuple[Langua
     return build_model(cfg).to(device).eval(), f"{cfg.name} (random init, bench config)"
 
 
-
 def weight_bytes_per_token(model: LanguageModel) -> int:
     """Bytes of weight matrices one decode step at batch 1 must read at least once: every Linear's weight
     (the tied head counted once, as the unembedding it is). Embedding tables are looked up one row at a

@@ -39,7 +39,7 @@ def _decode_tps(model: LanguageModel, new_tokens: int, compiled: bool) -> float:
     if compiled:
         dec.precompile()
     prompt = torch.zeros(1, 16, dtype=torch.long, device=model.device)
-    for rep in range(2):  # the first pass warms up
+    for _ in range(2):  # the first pass warms up
         dec.reset()
         logits = dec.prefill(prompt)
         sync_device(model.device)
