@@ -168,6 +168,7 @@ def test_decoder_rejects_training_mode():
 def test_bench_generate_numbers(model):
     r = bench_generate(model, prompt_len=8, new_tokens=6, batch_size=2, peak_flops=1e10, eager_tokens=3)
     assert r.decode_tokens_per_second > 0 and r.prefill_tokens_per_second > 0
+    assert 0 < r.end_to_end_tokens_per_second < r.decode_tokens_per_second  # the prefill counts too
     layers = len(model.new_kv_cache(2, 14).layers())
     assert (
         r.kv_cache_bytes
