@@ -334,3 +334,27 @@ def test_indexed_cache_writes_equal_index_copy(model):
         torch.equal(a.k, b.k) and torch.equal(a.v, b.v)
         for a, b in zip(caches[0].layers(), caches[1].layers())
     )
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_compiled_batch_decoder_equals_eager():
+    """The server's compiled batched step (rows at their own positions, depths and exit thresholds) gives
+    the eager step's logits and iteration counts, one graph per batch bucket."""
+    from parcae_lm.model.decode import BatchDecoder
+
+    torch.manual_seed(0)
+    model = parcae_lm.create_model("parcae-micro", init_strategy="scaled").eval()
+    fast, slow = (BatchDecoder(model, 4, 32, num_steps=3, compiled=c) for c in (True, False))
+    assert set(fast.precompile([2, 4])) == {2, 4}
+    prompts = [torch.randint(0, 97, (t,)) for t in (2, 5, 3)]
+    for bd in (fast, slow):
+        for row, p in enumerate(prompts):
+            bd.prefill(row, p, 0)
+    tokens = torch.randint(0, 97, (3,))
+    pos = torch.tensor([2, 5, 3])
+    for step in range(4):
+        kw = dict(steps=torch.tensor([1, 3, 2]), thresholds=torch.tensor([0.0, 0.3, 0.0]))
+        (a, ia), (b, ib) = fast.step(tokens, pos + step, **kw), slow.step(tokens, pos + step, **kw)
+        assert (a - b).abs().max() < 1e-4 and torch.equal(ia, ib)
+        tokens = a[:, :97].argmax(-1)

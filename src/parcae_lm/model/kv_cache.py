@@ -130,10 +130,19 @@ class KVCache:
                 self.v[:, :, input_pos] = v
             keys, values = self.k, self.v
         else:
-            r = torch.arange(k.shape[0], device=k.device) if rows is None else rows
-            pos = input_pos.expand(k.shape[0], -1)
-            self.k[r[:, None], :, pos] = k.transpose(1, 2)  # advanced indices first: [b, T, H, D]
-            self.v[r[:, None], :, pos] = v.transpose(1, 2)
+            b, H, T, D = k.shape
+            r = torch.arange(b, device=k.device) if rows is None else rows
+            pos = input_pos.expand(b, -1)
+            if self.index_copy:
+                # One index_copy_ into the flat buffer at (row, head, position): an in-place write that
+                # compiled steps keep in place (an indexed assignment would copy the whole cache).
+                heads = torch.arange(H, device=k.device)
+                flat = (r[:, None, None] * H + heads[None, :, None]) * self.length + pos[:, None, :]
+                self.k.view(-1, D).index_copy_(0, flat.reshape(-1), k.reshape(-1, D))
+                self.v.view(-1, D).index_copy_(0, flat.reshape(-1), v.reshape(-1, D))
+            else:
+                self.k[r[:, None], :, pos] = k.transpose(1, 2)  # advanced indices first: [b, T, H, D]
+                self.v[r[:, None], :, pos] = v.transpose(1, 2)
             keys, values = (self.k, self.v) if rows is None else (self.k[rows], self.v[rows])
         if length is not None and length < self.length:
             keys, values = keys[:, :, :length], values[:, :, :length]
