@@ -76,6 +76,8 @@ def load_config(directory: str | Path) -> ModelConfig:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    if raw.get("model_type") == "parcae" and isinstance(raw.get("parcae"), dict):
+        raw = raw["parcae"]  # a transformers export (infer/hf.py) keeps our config under "parcae"
     try:
         return from_dict(raw)
     except ConfigError as e:

@@ -25,7 +25,7 @@ def generate(
     seed: int = 0,
     tokenizer: str | None = None,
     device: str = "auto",
-    compile: bool = False,
+    compile: bool | None = None,
     allow_unverified: bool = False,
 ) -> None:
     """Sample text from a trained model (streams to stdout).
@@ -42,7 +42,8 @@ def generate(
         seed: Seed of the sampling.
         tokenizer: Tokenizer directory (default: MODEL/tokenizer).
         device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
-        compile: Decode through one static-shape compiled step (full cache only).
+        compile: Decode through the model's compiled step (true) or eagerly (false); default: as
+            model.generate decides (a one-off run decodes eagerly: compiling would cost more than it saves).
         allow_unverified: Load weights that fail verification (recorded sha256, NaN/inf values) anyway.
     """
     if num_samples < 1:
