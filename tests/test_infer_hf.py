@@ -163,3 +163,27 @@ def test_lm_eval_hf_runs_a_task_on_the_export(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "parcae_hf_toy" in proc.stdout and "acc" in proc.stdout
+
+
+def test_export_records_the_weights_checksum_and_loading_verifies_it(tmp_path):
+    """An export carries checksums.json (copied from a saved model, computed for a bare one), so a
+    corrupted exported weight file is refused by our loaders like a corrupted saved model."""
+    from parcae_lm.errors import CheckpointError
+    from parcae_lm.infer.hf import export_hf
+
+    model = parcae_lm.create_model("parcae-micro").eval()
+    parcae_lm.save_pretrained(model, tmp_path / "ours")
+    export_hf(tmp_path / "ours", tmp_path / "hf")
+    recorded = json.loads((tmp_path / "ours" / "checksums.json").read_text())
+    assert json.loads((tmp_path / "hf" / "checksums.json").read_text()) == recorded
+    (tmp_path / "ours" / "checksums.json").unlink()
+    export_hf(tmp_path / "ours", tmp_path / "hf2")
+    assert json.loads((tmp_path / "hf2" / "checksums.json").read_text()) == recorded
+    parcae_lm.from_pretrained(tmp_path / "hf2")  # verifies
+    weights = tmp_path / "hf2" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4096:] = b"\xff" * 4096
+    weights.unlink()  # break the hard link to the source before writing
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        parcae_lm.from_pretrained(tmp_path / "hf2")

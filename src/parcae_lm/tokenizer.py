@@ -14,16 +14,13 @@ import json
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import torch
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from parcae_lm.errors import TokenizerError
 from parcae_lm.files import atomic_write_bytes, atomic_write_text
-
-if TYPE_CHECKING:
-    import torch
 
 # GPT-4's split pattern, except that digit runs split into groups of at most two (`\p{N}{1,2}`).
 SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
@@ -169,8 +166,6 @@ class Tokenizer:
             "clean_up_tokenization_spaces": False,
         }
         atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
-        import torch
-
         buf = io.BytesIO()
         torch.save(self.token_bytes().to(torch.int32), buf)
         atomic_write_bytes(directory / TOKEN_BYTES_FILE, buf.getvalue())
@@ -217,8 +212,6 @@ class Tokenizer:
         for tokens holding part of a multi-byte character. Summing it over `encode(text)` gives
         `len(text.encode())`, which is what bits-per-byte needs.
         """
-        import torch  # (lazily: the CLI parses its arguments before torch loads)
-
         added = set(self._hf.get_added_tokens_decoder())
         out = torch.zeros(self.vocab_size, dtype=torch.long)
         for token, tid in self._hf.get_vocab(with_added_tokens=True).items():

@@ -18,7 +18,7 @@ from parcae_lm.bench.train import bench_config
 from parcae_lm.checkpoint import from_pretrained
 from parcae_lm.errors import ConfigError
 from parcae_lm.model import FULL_CACHE, CacheStrategy, Decoder, LanguageModel, build_model
-from parcae_lm.model.decode import compile_supported
+from parcae_lm.model.decode import compile_supported, compiled_decoders
 from parcae_lm.model.flops import inference_flops
 from parcae_lm.runtime import matmul_peak_flops, peak_memory_bytes, sync_device
 
@@ -206,7 +206,6 @@ def bench_user_path(
     """Time `model.generate(prompt, new_tokens, temperature=0)` with its default settings: first call, the
     calls it takes until the default has switched to the compiled step, then `reps` timed calls
     (`between` runs after each, e.g. a comparison's other side, so the two alternate)."""
-    from parcae_lm.model.decode import compiled_decoders
 
     def call() -> float:
         sync_device(model.device)

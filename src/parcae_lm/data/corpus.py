@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from parcae_lm.download import RegistryFile, cache_dir, fetch_registry_file
 from parcae_lm.errors import DataError
 from parcae_lm.files import atomic_write_text, file_lock
@@ -167,8 +170,6 @@ def iter_jsonl(path: Path, field: str = TEXT_FIELD) -> Iterator[str]:
 def iter_parquet(path: Path, column: str = TEXT_FIELD) -> Iterator[str]:
     """Documents from the string column `column`, read one row group at a time (bounded memory)."""
     # (lazily: the CLI imports this module to build its argument parser, and pyarrow takes ~0.4 s to load)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     path = Path(path)
     try:

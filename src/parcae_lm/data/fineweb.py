@@ -10,6 +10,9 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from parcae_lm.download import hub_list_files, hub_snapshot
 from parcae_lm.errors import DataError
 
@@ -48,8 +51,6 @@ def fetch_fineweb_edu(
     Already-downloaded files are not fetched again.
     """
     # (lazily: the CLI imports this module to build its argument parser, and pyarrow takes ~0.4 s to load)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     if max_files is not None and max_files < 1:
         raise DataError(f"max_files must be positive or None, got {max_files}")

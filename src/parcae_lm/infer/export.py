@@ -10,14 +10,17 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.export import Dim, export
 
 from parcae_lm.errors import ConfigError
+from parcae_lm.files import atomic_write_bytes
 from parcae_lm.model import LanguageModel
 
 
@@ -39,8 +42,6 @@ def _example(model: LanguageModel, batch: int = 2, seq_len: int = 16) -> Tensor:
 
 def export_program(model: LanguageModel, seq_len: int, num_steps: int | None = None):
     """torch.export of the fixed-depth forward for [batch, seq_len] inputs (batch dynamic)."""
-    from torch.export import Dim, export
-
     if model.training:
         raise ConfigError("export an eval-mode model (model.eval()): training samples depths at random")
     if not 1 <= seq_len <= model.config.block_size:
@@ -55,10 +56,6 @@ def export_program(model: LanguageModel, seq_len: int, num_steps: int | None = N
 
 
 def save_program(program, path: str | os.PathLike) -> Path:
-    import io
-
-    from parcae_lm.files import atomic_write_bytes
-
     buf = io.BytesIO()
     torch.export.save(program, buf)
     atomic_write_bytes(Path(path), buf.getvalue())

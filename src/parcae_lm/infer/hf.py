@@ -49,9 +49,9 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("the transformers integration needs the `hf` extra: pip install 'parcae-lm[hf]'") from e
 
-from parcae_lm.checkpoint import load_tokenizer, resolve_directory
+from parcae_lm.checkpoint import CHECKSUMS, load_tokenizer, resolve_directory
 from parcae_lm.config import from_dict
-from parcae_lm.files import atomic_write_text
+from parcae_lm.files import atomic_write_text, sha256_file
 from parcae_lm.model import LanguageModel, ModelCache, build_model
 from parcae_lm.model.decode import cache_length
 
@@ -256,6 +256,13 @@ def export_hf(model: str | os.PathLike, out_dir: str | os.PathLike, tokenizer: s
         except OSError:
             shutil.copyfile(weights, tmp)
         os.replace(tmp, target)
+    # The export's weights are verified on load like the source's: the recorded digest, else a fresh one.
+    recorded = src / CHECKSUMS
+    if recorded.is_file():
+        atomic_write_text(out / CHECKSUMS, recorded.read_text())
+    else:
+        digest = {"sha256": {target.name: sha256_file(target)}}
+        atomic_write_text(out / CHECKSUMS, json.dumps(digest, indent=2) + "\n")
     if tok is not None:
         tok.save(out)
     return out

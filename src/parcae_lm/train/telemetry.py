@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from parcae_lm.errors import ConfigError, TrainingError
@@ -221,12 +222,8 @@ def plot_curves(metrics_path: Path, out_path: Path, title: str) -> Path | None:
     final = [r for r in records if r.get("kind") == "val" and r.get("final")]
     if not train and not val:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = Figure(figsize=(15, 4))
+    axes = fig.subplots(1, 3)
     ax = axes[0]
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
     ax.set_xlabel("step")
@@ -267,6 +264,5 @@ def plot_curves(metrics_path: Path, out_path: Path, title: str) -> Path | None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     tmp.replace(out_path)
     return out_path
