@@ -7,8 +7,9 @@
 Every Linear's weight (attention, MLP, the readout C, the head) becomes a torchao quantised tensor with one
 scale per output row (int8) or per `group_size` inputs (int4); activations stay in the model's dtype.
 With tied embeddings the token table *is* the head's matrix: it stays one int8 table, which the head
-multiplies and the embedding looks rows up in (`QuantizedEmbedding`), so the model is about a quarter of
-its fp32 size (plus the norms, the injection and the value-embedding tables, which stay as they are).
+multiplies and the embedding looks rows up in (`QuantizedEmbedding`), and the other embedding tables (the
+value embeddings) become int8 tables with one scale per row, so the model is about a quarter of its fp32
+size (plus the norms and the injection, which stay as they are).
 
 A looped model reuses its core weights at every iteration: quantising the core shrinks memory once but
 its rounding error is applied T times per token, and a decode step reads the core T times — so on
@@ -27,7 +28,13 @@ from parcae_lm.errors import ConfigError
 from parcae_lm.model import LanguageModel
 
 try:
-    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+    from torchao.quantization import (
+        Int4WeightOnlyConfig,
+        Int8WeightOnlyConfig,
+        IntxWeightOnlyConfig,
+        quantize_,
+    )
+    from torchao.quantization.granularity import PerAxis
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("quantisation needs the `quant` extra: pip install 'parcae-lm[quant]'") from e
 
@@ -71,6 +78,10 @@ def quantize(model: LanguageModel, bits: int = 8, group_size: int = 128) -> Lang
     quantize_(q, config, filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
     if tied and bits == 8:
         q.transformer.wte = QuantizedEmbedding(q.lm_head.weight)
+    # The other tables (the value embeddings; an untied token table) are as large as the token table
+    # each: int8 with one scale per row, looked up by torchao's quantised embedding.
+    rows_int8 = IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
+    quantize_(q, rows_int8, filter_fn=lambda m, fqn: isinstance(m, nn.Embedding))
     q.tie_weights = lambda: None  # type: ignore[method-assign]  (the sharing above is the tying now)
     return q
 

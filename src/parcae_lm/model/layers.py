@@ -133,8 +133,8 @@ class CausalSelfAttention(nn.Module):
         numbers without copying the weights at every call. The weights stay separate parameters, as in the
         authors' checkpoints."""
         lins = (self.c_q, self.c_k, self.c_v)
-        if not torch.is_grad_enabled() or not all(isinstance(lin.weight, Tensor) for lin in lins):
-            return torch.cat([lin(x) for lin in lins], dim=-1)  # (also int8 dynamic-quantized modules)
+        if not torch.is_grad_enabled() or not all(type(lin.weight) is nn.Parameter for lin in lins):
+            return torch.cat([lin(x) for lin in lins], dim=-1)  # (also quantised or sharded weights)
         bias = None if self.c_q.bias is None else torch.cat([lin.bias for lin in lins])
         return F.linear(x, torch.cat([lin.weight for lin in lins]), bias)
 
