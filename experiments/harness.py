@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -129,8 +130,12 @@ def run(
     figs = Path(fig_dir) if fig_dir is not None else out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
     report = analyse(result, Context(figs, data, smoke))
-    text = f"# Study {spec.name}: {spec.description}\n\nResults table: {result.csv}\n\n{report.markdown}\n"
-    text += "".join(f"\n![{p.stem}]({p})\n" for p in report.figures)
+    # Paths relative to the report, so a study directory can be moved or committed as it is.
+    rel = lambda p: Path(os.path.relpath(p, out)).as_posix()  # noqa: E731
+    text = (
+        f"# Study {spec.name}: {spec.description}\n\nResults table: {rel(result.csv)}\n\n{report.markdown}\n"
+    )
+    text += "".join(f"\n![{p.stem}]({rel(p)})\n" for p in report.figures)
     atomic_write_text(out / "report.md", text)
     if report.extra:
         atomic_write_text(out / "analysis.json", json.dumps(json_safe(report.extra), indent=2) + "\n")
