@@ -20,10 +20,12 @@ from torch import nn
 
 from parcae_lm.checkpoint import save_pretrained
 from parcae_lm.config import ModelConfig
-from parcae_lm.config.train import RunConfig, default_run_name
+from parcae_lm.config.train import RunConfig, SampleArgs, default_run_name
 from parcae_lm.data.default import prepare_default
 from parcae_lm.data.loader import TokenLoader
+from parcae_lm.data.reasoning import ReasoningLoader, reasoning_tokenizer, sample_problems
 from parcae_lm.errors import ConfigError
+from parcae_lm.eval.reasoning import ReasoningValidator
 from parcae_lm.files import atomic_write_text
 from parcae_lm.model import build_model
 from parcae_lm.model.flops import flops_per_token
@@ -83,7 +85,7 @@ def _train(cfg: RunConfig, t_start: float, info: DistInfo) -> RunResult:
     seed_everything(cfg.seed)
     mcfg = cfg.model_config(tokenizer.vocab_size)
     stepper = _stepper(cfg, mcfg, info)
-    loader = _loader(cfg, shard_dir, info)
+    loader = _loader(cfg, shard_dir, tokenizer, info)
     compat = _compat(cfg, mcfg, shard_dir, info)
     checkpoints = Checkpoints(run_dir / "checkpoints", compat, cfg.checkpoint.keep_last_k)
     state = _resume(cfg, checkpoints, stepper, loader, info)
@@ -91,7 +93,10 @@ def _train(cfg: RunConfig, t_start: float, info: DistInfo) -> RunResult:
     peak = _matmul_peak(cfg, info)  # after the resume: it draws random matrices
     token_bytes = torch.as_tensor(tokenizer.token_bytes(), dtype=torch.long)
     eval_bs = cfg.eval.batch_size or cfg.train.micro_batch_size
-    validator = Validator(shard_dir, eval_bs, cfg.data.seq_len, token_bytes, info)
+    if cfg.data.tasks is None:
+        validator = Validator(shard_dir, eval_bs, cfg.data.seq_len, token_bytes, info)
+    else:
+        validator = ReasoningValidator(cfg.data.tasks, tokenizer, eval_bs)
     n_params = sum(p.numel() for p in stepper.module.parameters())
     fpt = float(flops_per_token(mcfg, cfg.data.seq_len))
     final_depths = eval_depths(cfg.eval, mcfg, final=True)
@@ -126,21 +131,25 @@ def _train(cfg: RunConfig, t_start: float, info: DistInfo) -> RunResult:
     return RunResult(run_dir=run_dir, summary=summary)
 
 
-def _prepare(cfg: RunConfig, run_dir: Path, info: DistInfo) -> tuple[Tokenizer, Path]:
+def _prepare(cfg: RunConfig, run_dir: Path, info: DistInfo) -> tuple[Tokenizer, Path | None]:
     """The tokenizer and shard directory (the configured ones, or the default corpus built once, rank 0
-    first); rank 0 writes config.yaml and tokenizer/ into the run directory."""
-    if cfg.data.shard_dir is not None:
-        shard_dir, tok_dir = Path(cfg.data.shard_dir), Path(cfg.data.tokenizer_dir)
-        if not shard_dir.is_dir():
-            raise ConfigError(f"data.shard_dir {shard_dir} does not exist")
-        if not tok_dir.is_dir():
-            raise ConfigError(f"data.tokenizer_dir {tok_dir} does not exist")
+    first; no shards for reasoning tasks); rank 0 writes config.yaml and tokenizer/ into the run directory."""
+    shard_dir = None
+    if cfg.data.tasks is not None:
+        tokenizer = reasoning_tokenizer()  # problems are generated as training goes: no shards
     else:
-        if info.is_main:  # other ranks wait, then find it cached (prepare_default also holds a file lock)
-            prepare_default(None, cfg.data.vocab_size, progress=cfg.log.progress)
-        barrier()
-        tok_dir, shard_dir = (Path(p) for p in prepare_default(None, cfg.data.vocab_size, progress=False))
-    tokenizer = Tokenizer.load(tok_dir)
+        if cfg.data.shard_dir is not None:
+            shard_dir, tok_dir = Path(cfg.data.shard_dir), Path(cfg.data.tokenizer_dir)
+            if not shard_dir.is_dir():
+                raise ConfigError(f"data.shard_dir {shard_dir} does not exist")
+            if not tok_dir.is_dir():
+                raise ConfigError(f"data.tokenizer_dir {tok_dir} does not exist")
+        else:
+            if info.is_main:  # other ranks wait, then find it cached (prepare_default also holds a file lock)
+                prepare_default(None, cfg.data.vocab_size, progress=cfg.log.progress)
+            barrier()
+            tok_dir, shard_dir = (Path(p) for p in prepare_default(None, cfg.data.vocab_size, progress=False))
+        tokenizer = Tokenizer.load(tok_dir)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         tokenizer.save(run_dir / "tokenizer")
@@ -149,8 +158,16 @@ def _prepare(cfg: RunConfig, run_dir: Path, info: DistInfo) -> tuple[Tokenizer, 
     return tokenizer, shard_dir
 
 
-def _loader(cfg: RunConfig, shard_dir: Path, info: DistInfo) -> TokenLoader:
-    """This rank's share of the shuffled training windows (each epoch permuted by (seed, epoch))."""
+def _loader(
+    cfg: RunConfig, shard_dir: Path | None, tokenizer: Tokenizer, info: DistInfo
+) -> TokenLoader | ReasoningLoader:
+    """This rank's share of the shuffled training windows (each epoch permuted by (seed, epoch)), or of
+    the generated reasoning problems."""
+    if cfg.data.tasks is not None:
+        micro, seq_len = cfg.train.micro_batch_size, cfg.data.seq_len
+        return ReasoningLoader(
+            cfg.data.tasks, micro, seq_len, tokenizer, info.rank, info.world_size, cfg.seed
+        )
     return TokenLoader(
         shard_dir,
         "train",
@@ -164,7 +181,7 @@ def _loader(cfg: RunConfig, shard_dir: Path, info: DistInfo) -> TokenLoader:
     )
 
 
-def _compat(cfg: RunConfig, mcfg: ModelConfig, shard_dir: Path, info: DistInfo) -> dict[str, Any]:
+def _compat(cfg: RunConfig, mcfg: ModelConfig, shard_dir: Path | None, info: DistInfo) -> dict[str, Any]:
     """What a resumed checkpoint must agree with."""
     return {
         "model_config": mcfg.to_dict(),
@@ -173,7 +190,8 @@ def _compat(cfg: RunConfig, mcfg: ModelConfig, shard_dir: Path, info: DistInfo) 
         "micro_batch_size": cfg.train.micro_batch_size,
         "world_size": info.world_size,
         "seed": cfg.seed,
-        "shard_dir": str(shard_dir),
+        "shard_dir": str(shard_dir) if shard_dir is not None else None,
+        **({} if cfg.data.tasks is None else {"tasks": [t.value for t in cfg.data.tasks]}),
     }
 
 
@@ -274,6 +292,12 @@ def _report(
     return Report(metrics, throughput, bar)
 
 
+def _reasoning_samples(cfg: RunConfig) -> SampleArgs:
+    """A reasoning run answers one held-out problem per task, greedily (text prompts are not its language)."""
+    problems = sample_problems(cfg.data.tasks)
+    return SampleArgs([p.prompt for p in problems], max(len(p.answer) for p in problems) + 1, 0.0)
+
+
 def _finish(
     cfg: RunConfig,
     run_dir: Path,
@@ -287,7 +311,8 @@ def _finish(
 ) -> dict[str, Any]:
     """Rank 0: the model, samples, curves, summary.json and the latest link; returns the summary."""
     save_pretrained(model, run_dir)
-    samples = write_samples(model, tokenizer, cfg.sample, cfg.seed, run_dir / "samples.txt")
+    sample = cfg.sample if cfg.data.tasks is None else _reasoning_samples(cfg)
+    samples = write_samples(model, tokenizer, sample, cfg.seed, run_dir / "samples.txt")
     plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", f"{cfg.run_name} ({mcfg.name})")
     main = f"_d{int(mcfg.mean_recurrence)}" if mcfg.is_parcae else ""
     tok_s = state.tokens / max(state.train_elapsed, 1e-9)
