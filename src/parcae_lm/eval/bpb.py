@@ -28,8 +28,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from parcae_lm.data.loader import iter_eval_batches
+from parcae_lm.data.shards import check_shards
 from parcae_lm.errors import EvalError
 from parcae_lm.eval.common import EvalTokenizer, bos_token, forward_logits, model_device, pad_token
+from parcae_lm.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100
 Batch = tuple[torch.Tensor, ...]  # (x, y) or (x, y, doc_ids)
@@ -91,7 +93,7 @@ def evaluate_bpb(
 ) -> list[BpbResult]:
     """Loss / perplexity / bpb at every depth, reading the data once (each batch runs at every depth)."""
     if max_tokens is not None and max_tokens < 1:
-        raise EvalError(f"--max-tokens must be >= 1, got {max_tokens}")
+        raise EvalError(f"--max_tokens must be >= 1, got {max_tokens}")
     names = list(depth_names) if depth_names is not None else [str(d) for d in depths]
     sums = [_Sums() for _ in depths]
     was_training = model.training
@@ -174,8 +176,13 @@ def check_byte_accounting(tokenizer: EvalTokenizer, documents: Sequence[str]) ->
             )
 
 
-def shard_batches(shard_dir: Path, split: str, seq_len: int, batch_size: int) -> Iterator[Batch]:
-    yield from iter_eval_batches(shard_dir, split, batch_size, seq_len, with_doc_ids=True)
+def shard_batches(
+    shard_dir: Path, split: str, seq_len: int, batch_size: int, tokenizer: Tokenizer
+) -> Iterator[Batch]:
+    """The split's batches (documents masked to themselves), once the shards are checked to come from
+    `tokenizer` (shards of another tokenizer would give a wrong number, not an error)."""
+    check_shards(shard_dir, tokenizer)  # now, not at the first next()
+    return iter_eval_batches(shard_dir, split, batch_size, seq_len, with_doc_ids=True)
 
 
 def results_to_json(results: list[BpbResult]) -> list[dict]:

@@ -52,7 +52,15 @@ def sample_next(
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
     probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    try:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    except RuntimeError as e:  # multinomial's own check, so no extra pass over the probabilities
+        if "inf" not in str(e) and "nan" not in str(e):
+            raise
+        raise ValueError(
+            "cannot sample: the model's next-token probabilities hold NaN or inf (its weights or activations "
+            "are not finite)"
+        ) from None
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:

@@ -164,6 +164,7 @@ class Parcae(LanguageModel):
         stats: dict[str, Tensor] | None = None,
     ) -> Tensor:
         """Final-normed hidden states [B, T, d]: prelude → loop → coda (see the module docstring)."""
+        self.check_input_ids(input_ids)
         B, T = input_ids.shape
         positions = self.positions(input_ids, position_ids, kv_cache, input_pos)
         if kv_cache is not None:
@@ -405,6 +406,7 @@ class Parcae(LanguageModel):
     @torch.no_grad()
     def recurrence_trace(self, input_ids: Tensor, num_steps: int | None = None) -> list[dict[str, float]]:
         """Per-iteration state norm and relative residual for a fixed-depth evaluation forward."""
+        self.check_input_ids(input_ids)
         was_training = self.training
         self.eval()
         try:
