@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import parcae_lm
+from parcae_lm.cli import main
 from parcae_lm.config.train import ReasoningTask, RunConfig, TrainArgs
 from parcae_lm.data.reasoning import held_out_problems, reasoning_tokenizer, sample_problems
 from parcae_lm.errors import EvalError
@@ -177,10 +178,11 @@ def test_validator_subsets_evenly_across_cells(parcae):
     assert {"loss_d3", "bpb_d3", "acc_d3", "acc_beyond_d3", "acc_add_d3"} <= set(metrics)
 
 
-def test_training_on_reasoning_tasks_end_to_end(tmp_path):
-    """A few steps on all three tasks: answer-only loss, accuracy in metrics and summary, greedy samples."""
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A few training steps on all three tasks (a micro Parcae)."""
     base = {
-        "out_dir": str(tmp_path),
+        "out_dir": str(tmp_path_factory.mktemp("reasoning-runs")),
         "run_name": "r",
         "model_name": "parcae-micro",
         "data.tasks": ["chase", "add", "swaps"],
@@ -198,7 +200,12 @@ def test_training_on_reasoning_tasks_end_to_end(tmp_path):
         "system.threads": 1,
     }
     cfg = RunConfig(train=TrainArgs(max_steps=1)).replace(base)
-    result = train(cfg)
+    return cfg, train(cfg)
+
+
+def test_training_on_reasoning_tasks_end_to_end(trained):
+    """Answer-only loss, accuracy in the metrics and the summary, greedy samples of held-out problems."""
+    cfg, result = trained
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert {"acc_d3", "acc_beyond_d3", "acc_chase_d3", "loss_d2"} <= set(summary["val"])
     assert summary["val_loss"] == summary["val"]["loss_d3"]
@@ -208,3 +215,51 @@ def test_training_on_reasoning_tasks_end_to_end(tmp_path):
     assert run.tokenizer.fingerprint() == TOK.fingerprint() and run.model.config.vocab_size == 259
     vals = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any(r["kind"] == "val" and not r.get("final") and "acc_d1" in r for r in vals)
+
+
+def test_eval_reasoning_command_writes_accuracy_by_difficulty_and_depth(trained, tmp_path, capsys):
+    _, result = trained
+    argv = ["eval", "reasoning", str(result.run_dir), "--per_difficulty", "3", "--recurrence", "[1,2]"]
+    assert main([*argv, "--tasks", "[add]", "--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "reasoning.json").read_text())
+    assert payload["tasks"] == ["add"] and {r["depth"] for r in payload["results"]} == {1, 2}
+    assert {r["difficulty"] for r in payload["results"]} == set(range(1, 9))
+    assert (tmp_path / "reasoning.png").is_file() and "| add | 8 | False |" in capsys.readouterr().out
+    # the default tasks are the run's
+    assert main([*argv[:3], "--per_difficulty", "2", "--out", str(tmp_path / "all")]) == 0
+    assert json.loads((tmp_path / "all" / "reasoning.json").read_text())["tasks"] == ["chase", "add", "swaps"]
+
+
+def test_eval_reasoning_adaptive_and_its_usage_errors(trained, tmp_path, capsys):
+    _, result = trained
+    argv = ["eval", "reasoning", str(result.run_dir), "--tasks", "[swaps]", "--per_difficulty", "2"]
+    out = ["--out", str(tmp_path)]
+    assert main([*argv, "--criterion", "state", "--thresholds", "[0.1]", "--max_steps", "4", *out]) == 0
+    rows = json.loads((tmp_path / "reasoning-adaptive.json").read_text())["results"]
+    assert {(r["rule"], r["threshold"]) for r in rows} == {("fixed", 0.0), ("state", 0.1)}
+    assert all(r["mean_iterations"] == 4 for r in rows if r["rule"] == "fixed")
+    capsys.readouterr()
+    assert main([*argv, "--criterion", "kl", *out]) == 2
+    assert "--criterion and --thresholds go together" in capsys.readouterr().err
+    assert main([*argv, "--criterion", "kl", "--thresholds", "[0.1]", "--recurrence", "[2]", *out]) == 2
+    assert main([*argv, "--criterion", "confidence", "--thresholds", "[2.0]", *out]) == 1
+    assert "probability" in capsys.readouterr().err
+
+
+def test_parcae_train_takes_reasoning_tasks_on_the_command_line(tmp_path):
+    argv = ["train", "--config", "tiny", "--model_name", "parcae-micro", "--data.tasks", "[swaps]"]
+    argv += ["--data.seq_len", "48", "--train.max_steps", "2", "--train.micro_batch_size", "4"]
+    argv += ["--train.global_batch_size", "4", "--eval.batch_size", "64", "--eval.final_depths", "[1]"]
+    argv += [
+        "--out_dir",
+        str(tmp_path),
+        "--run_name",
+        "cli",
+        "--log.progress",
+        "false",
+        "--system.threads",
+        "1",
+    ]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert "acc_swaps_d1" in summary["val"] and summary["steps"] == 2

@@ -12,12 +12,13 @@ COMMANDS = {
     "generate": generate.generate,
     "info": info.info,
     "eval": Group(
-        "Evaluate a model: bits per byte, CORE, Core-Extended, LAMBADA.",
+        "Evaluate a model: bits per byte, CORE, Core-Extended, LAMBADA, reasoning tasks.",
         {
             "bpb": eval.bpb,
             "core": eval.core,
             "core-extended": eval.core_extended,
             "lambada": eval.lambada,
+            "reasoning": eval.reasoning,
             "fetch": eval.fetch,
         },
     ),
