@@ -155,6 +155,9 @@ def test_evaluate_adaptive_counts_iterations_and_matches_fixed_depth_accuracy(pa
     ref = {c.difficulty: c.accuracy for c in evaluate(parcae, probs, TOK, [3], 4)}
     assert {c.difficulty: c.accuracy for c in fixed} == ref
     assert all(1 <= c.mean_iterations <= 3 for c in cells)
+    # fixed exits of different depths are different cells
+    two = evaluate_adaptive(parcae, probs, TOK, [Exit(ExitRule.fixed, max_steps=d) for d in (1, 2)], 4)
+    assert sorted((c.max_steps, c.mean_iterations) for c in two if c.difficulty == 2) == [(1, 1.0), (2, 2.0)]
 
 
 def test_exit_settings_are_checked():

@@ -221,6 +221,7 @@ class AdaptiveCell:
     trained: bool
     rule: str
     threshold: float
+    max_steps: int
     problems: int = 0
     correct: int = 0
     iterations: int = 0
@@ -255,8 +256,10 @@ def evaluate_adaptive(
                 readout, depth = adaptive_readout(model, batch, ex)
                 answer = batch.targets[:, :-1].to(readout.logits.device)
                 correct = (readout.logits[:, :-1].argmax(-1) == answer).all(dim=1)
-                key = (batch.task.value, batch.difficulty, ex.rule.value, ex.threshold)
-                cell = next((c for c in out if (c.task, c.difficulty, c.rule, c.threshold) == key), None)
+                key = (batch.task.value, batch.difficulty, ex.rule.value, ex.threshold, ex.max_steps)
+                cell = next(
+                    (c for c in out if (c.task, c.difficulty, c.rule, c.threshold, c.max_steps) == key), None
+                )
                 if cell is None:
                     cell = AdaptiveCell(*key[:2], trained, *key[2:])
                     out.append(cell)
