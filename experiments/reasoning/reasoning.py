@@ -80,7 +80,7 @@ def score(run_dir: Path, smoke: bool) -> tuple[list[dict[str, Any]], dict[str, A
         "params": sum(p.numel() for p in model.parameters()),
         "steps": train[-1]["step"],
         "final_train_loss": train[-1]["loss"],
-        "run_dir": str(run_dir),
+        "run": run_dir.name,  # the sweep point, under OUT/runs/
     }
     looped = isinstance(model, Parcae)
     if looped:

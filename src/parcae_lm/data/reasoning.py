@@ -4,7 +4,7 @@ Three kinds of serial computation, each with a difficulty knob d (how many seria
 
 | task    | prompt → answer                  | d                        | train d | test d |
 |---------|----------------------------------|--------------------------|---------|--------|
-| `chase` | `k=3,b=k,x=b,q=7,m=q?x` → `3`    | hops from query to value | 1–4     | 1–8    |
+| `chase` | `k=3,b=k,x=b,q=7,m=q?x` → `3`    | hops from query to value | 0–3     | 0–7    |
 | `add`   | `0472+1395=` → `01867`           | digits per operand       | 1–4     | 1–8    |
 | `swaps` | `c|ab,cd,bc?` → `d`              | swaps of five cups       | 1–6     | 1–12   |
 
