@@ -1,4 +1,4 @@
-"""The reasoning study (experiments/reasoning/): its sweep expands to the five models it compares, and its
+"""The reasoning study (experiments/reasoning/): its sweep expands to the six models it compares, and its
 smoke variant trains them on generated problems and runs the whole analysis (tables, headline, figures)."""
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def test_the_sweep_compares_equal_parameters_and_equal_depth(tmp_path):
     ) == 1
     parcae = [c.model_config(259) for c in configs if c.model_name.startswith("parcae")]
     gpt = sorted(c.model_config(259).n_layer for c in configs if c.model_name.startswith("gpt"))
-    assert sorted(m.injection_type.value for m in parcae) == ["add", "diagonal", "linear"]
+    assert sorted(m.injection_type.value for m in parcae) == ["add", "diagonal", "diagonal", "linear"]
+    assert sorted(m.recurrent_iteration_method.value for m in parcae)[0] == "per-batch"
     m = parcae[0]
     blocks = m.n_layers_in_prelude + m.n_layers_in_recurrent_block + m.n_layers_in_coda
     unrolled = m.n_layers_in_prelude + m.mean_recurrence * m.n_layers_in_recurrent_block + m.n_layers_in_coda
@@ -140,10 +141,17 @@ def test_smoke_study_end_to_end(script, tmp_path):
     result, report = harness.run(
         script.SWEEP, script.analyse, tmp_path, smoke=True, progress=False, text=False
     )
-    assert len(result.rows) == 5 and all(r["status"] == "ok" for r in result.rows)
+    assert len(result.rows) == 6 and all(r["status"] == "ok" for r in result.rows)
     figs = tmp_path / "figures"
     models = json.loads((figs / "models.json").read_text())
-    assert set(models) == {"parcae-diagonal", "parcae-add", "parcae-linear", "gpt-3", "gpt-6"}
+    assert set(models) == {
+        "parcae-diagonal",
+        "parcae-add",
+        "parcae-linear",
+        "gpt-3",
+        "gpt-6",
+        "parcae-diagonal-per-batch",
+    }
     assert models["parcae-add"]["spectral_radius"] == 1.0 and models["parcae-diagonal"]["spectral_radius"] < 1
     rows = list(csv.DictReader((figs / "accuracy.csv").open()))
     assert {r["depth"] for r in rows if r["model"] == "gpt-3"} == {""}
