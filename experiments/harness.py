@@ -82,7 +82,9 @@ class Context:
     """What an analysis may need besides the results."""
 
     fig_dir: Path  # where its PNGs go
-    data: tuple[Path, Path]  # (tokenizer_dir, shard_dir) the points trained on
+    data: (
+        tuple[Path, Path] | None
+    )  # (tokenizer_dir, shard_dir) the points trained on; None: generated problems
     smoke: bool  # the seconds-long variant: analyses shrink their own extra work too
 
 
@@ -116,13 +118,17 @@ def run(
     overrides: dict[str, Any] | None = None,
     fig_dir: str | Path | None = None,
     progress: bool = True,
+    text: bool = True,
 ) -> tuple[SweepResult, Report]:
     """Run (or resume) the sweep in `sweep_file`, analyse it, and write report.md (+ figures) to `out_dir`.
 
     `overrides` (dotted keys, e.g. {"train.max_steps": 1800}) change every point; a budget among them replaces
-    the sweep's, and the sweep's axes cannot be overridden."""
-    data = data or study_data()
-    spec = with_data(SweepSpec.from_yaml(sweep_file, smoke=smoke), data)
+    the sweep's, and the sweep's axes cannot be overridden. `text=False`: the points train on generated
+    problems (data.tasks), not on the study corpus."""
+    spec = SweepSpec.from_yaml(sweep_file, smoke=smoke)
+    if text:
+        data = data or study_data()
+        spec = with_data(spec, data)
     if overrides:
         spec = spec.with_overrides(overrides)
     out = Path(out_dir) if out_dir is not None else Path("studies") / spec.name
@@ -143,7 +149,11 @@ def run(
 
 
 def main(
-    sweep_file: str | Path, analyse: Analysis, description: str, argv: Sequence[str] | None = None
+    sweep_file: str | Path,
+    analyse: Analysis,
+    description: str,
+    argv: Sequence[str] | None = None,
+    text: bool = True,
 ) -> int:
     """The command line of an experiment script (`description`: its docstring, for --help)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -166,7 +176,13 @@ def main(
                 raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
             overrides[key.strip()] = parse_value(value)
         result, report = run(
-            sweep_file, analyse, args.out, smoke=args.smoke, overrides=overrides, fig_dir=args.figures
+            sweep_file,
+            analyse,
+            args.out,
+            smoke=args.smoke,
+            overrides=overrides,
+            fig_dir=args.figures,
+            text=text,
         )
     except ParcaeError as e:
         print(f"error: {e}", file=sys.stderr)

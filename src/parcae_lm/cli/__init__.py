@@ -13,12 +13,13 @@ COMMANDS = {
     "serve": serve.serve,
     "info": info.info,
     "eval": Group(
-        "Evaluate a model: bits per byte, CORE, Core-Extended, LAMBADA.",
+        "Evaluate a model: bits per byte, CORE, Core-Extended, LAMBADA, reasoning tasks.",
         {
             "bpb": eval.bpb,
             "core": eval.core,
             "core-extended": eval.core_extended,
             "lambada": eval.lambada,
+            "reasoning": eval.reasoning,
             "fetch": eval.fetch,
         },
     ),

@@ -1,4 +1,5 @@
-"""`parcae eval bpb|core|core-extended|lambada|fetch`: bits per byte, CORE, Core-Extended, LAMBADA.
+"""`parcae eval bpb|core|core-extended|lambada|reasoning|fetch`: bits per byte, CORE, Core-Extended,
+LAMBADA, the synthetic reasoning tasks.
 
 Every evaluation takes MODEL (a run directory or a save_pretrained directory), `--recurrence [1,2,4]`
 (test-time depths for looped models; one pass per depth), `--batch_size`, and writes `<name>.json` and
@@ -14,6 +15,8 @@ from jsonargparse.typing import PositiveInt
 
 from parcae_lm.checkpoint import load_run
 from parcae_lm.cli.command import UsageError
+from parcae_lm.config.train import ReasoningTask
+from parcae_lm.data.reasoning import TEST_PER_DIFFICULTY, held_out_problems
 from parcae_lm.data.shards import Split
 from parcae_lm.errors import EvalError
 from parcae_lm.eval.bpb import (
@@ -27,9 +30,17 @@ from parcae_lm.eval.bpb import (
 )
 from parcae_lm.eval.build import build_bundle
 from parcae_lm.eval.bundle import BundleSource, download_dclm_bundle, find_bundle, load_bundle
-from parcae_lm.eval.common import depth_label, markdown_table, plot_sweep, resolve_depths, write_json
+from parcae_lm.eval.common import (
+    depth_label,
+    is_recurrent,
+    markdown_table,
+    plot_sweep,
+    resolve_depths,
+    write_json,
+)
 from parcae_lm.eval.core import evaluate_suite
 from parcae_lm.eval.lambada import evaluate_lambada, load_lambada
+from parcae_lm.eval.reasoning import Exit, ExitRule, evaluate, evaluate_adaptive, summarise
 from parcae_lm.eval.tasks import DEFAULT_SEEDS, Suite, suite_tasks
 from parcae_lm.files import atomic_write_text
 from parcae_lm.runtime import resolve_device
@@ -228,6 +239,98 @@ def lambada(
     )
     series = {"accuracy": [r.accuracy for r in results]}
     _finish(out or model / "eval", "lambada", payload, md, names, series, "accuracy")
+
+
+def reasoning(
+    model: Path,
+    /,
+    *,
+    tasks: list[ReasoningTask] | None = None,
+    per_difficulty: PositiveInt = TEST_PER_DIFFICULTY,
+    recurrence: list[int] | None = None,
+    criterion: ExitRule | None = None,
+    thresholds: list[float] | None = None,
+    max_steps: PositiveInt | None = None,
+    tokenizer: Path | None = None,
+    batch_size: PositiveInt = 256,
+    device: str = "auto",
+    allow_unverified: bool = False,
+    out: Path | None = None,
+) -> None:
+    """Exact-match accuracy on the synthetic reasoning tasks, by task, difficulty and test-time depth.
+
+    Scores the held-out problems of every test difficulty (those above the trained ones included). With
+    --criterion, each problem instead stops iterating when the exit rule fires (for each of --thresholds),
+    and the table gives accuracy and mean iterations per difficulty against fixed depth --max_steps.
+
+    Args:
+        model: A run directory or a save_pretrained directory.
+        tasks: Reasoning tasks to score, e.g. [chase,add] (default: the run's training tasks, else all).
+        per_difficulty: Held-out problems per task and difficulty.
+        recurrence: Test-time depths of a looped model, e.g. [1,2,4,8,16] (default: its mean_recurrence);
+            one loop runs to the deepest and is read out at each.
+        criterion: Adaptive depth per problem: state (relative state change at the answer), kl (KL between
+            successive answer distributions) or confidence (probability of the answer).
+        thresholds: Exit thresholds τ for --criterion, e.g. [0.01,0.05].
+        max_steps: Iteration cap with --criterion (default: 4x the model's mean_recurrence).
+        tokenizer: Tokenizer directory (default: MODEL/tokenizer).
+        batch_size: Problems per forward pass.
+        device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
+        allow_unverified: Load weights that fail verification (recorded sha256, NaN/inf values) anyway.
+        out: Output directory (default: MODEL/eval).
+    """
+    if (criterion is None) != (thresholds is None):
+        raise UsageError("--criterion and --thresholds go together")
+    if criterion is not None and recurrence is not None:
+        raise UsageError("give --recurrence (fixed depths) or --criterion (adaptive depth), not both")
+    run = load_run(
+        model, device=resolve_device(device), tokenizer=tokenizer, allow_unverified=allow_unverified
+    )
+    trained = (run.meta.get("run_config") or {}).get("data", {}).get("tasks")
+    chosen = tasks or [ReasoningTask(t) for t in trained or ReasoningTask]
+    problems = held_out_problems(chosen, per_difficulty)
+    out = out or model / "eval"
+    if criterion is not None:
+        if not is_recurrent(run.model):
+            raise EvalError("adaptive depth (--criterion) needs a looped (Parcae) model")
+        cap = max_steps or 4 * int(run.model.config.mean_recurrence)
+        exits = [Exit(ExitRule.fixed, 0.0, cap)] + [Exit(criterion, t, cap) for t in thresholds]
+        cells = evaluate_adaptive(run.model, problems, run.tokenizer, exits, batch_size)
+        payload = {"model": str(model), "tasks": [t.value for t in chosen], "max_steps": cap}
+        payload["results"] = [c.to_dict() for c in cells]
+        md = f"# Reasoning, adaptive depth ({criterion.value}, at most {cap} iterations) — {model}\n\n"
+        md += markdown_table(
+            ["task", "difficulty", "trained", "rule", "τ", "accuracy", "mean iterations"],
+            [
+                [c.task, c.difficulty, c.trained, c.rule, c.threshold, c.accuracy, c.mean_iterations]
+                for c in cells
+            ],
+        )
+        write_json(out / "reasoning-adaptive.json", payload)
+        atomic_write_text(out / "reasoning-adaptive.md", md)
+        print(md)
+        print(f"wrote {out / 'reasoning-adaptive.json'}, {out / 'reasoning-adaptive.md'}")
+        return
+    depths, names = _depths(run.model, recurrence)
+    cells = evaluate(run.model, problems, run.tokenizer, depths, batch_size)
+    summary = summarise(cells)
+    payload = {"model": str(model), "tasks": [t.value for t in chosen], "per_difficulty": per_difficulty}
+    payload |= {"summary": summary, "results": [c.to_dict() for c in cells]}
+    header = ["task", "difficulty", "trained"] + [f"depth {n}" for n in names]
+    rows = []
+    for task, difficulty in dict.fromkeys((c.task, c.difficulty) for c in cells):
+        at = [c for c in cells if (c.task, c.difficulty) == (task, difficulty)]
+        rows.append([task, difficulty, at[0].trained] + [f"{c.accuracy:.3f}" for c in at])
+    md = (
+        f"# Reasoning accuracy — {model}\n\nExact match over {per_difficulty} held-out problems per cell.\n\n"
+    )
+    md += markdown_table(header, rows)
+    suffixes = [""] if depths == [None] else [f"_d{c}" for c in dict.fromkeys(c.depth for c in cells)]
+    series = {
+        "trained difficulties": [summary.get(f"acc{s}", float("nan")) for s in suffixes],
+        "harder than trained": [summary.get(f"acc_beyond{s}", float("nan")) for s in suffixes],
+    }
+    _finish(out, "reasoning", payload, md, names, series, "exact-match accuracy")
 
 
 def fetch(

@@ -51,6 +51,14 @@ class Strategy(enum.StrEnum):
     fsdp = "fsdp"  # FSDP2 `fully_shard` per block, for the large configs
 
 
+class ReasoningTask(enum.StrEnum):
+    """The synthetic reasoning tasks (parcae_lm.data.reasoning)."""
+
+    chase = "chase"  # variable chasing: follow d assignments back to a digit
+    add = "add"  # addition of two d-digit numbers, most significant digit first
+    swaps = "swaps"  # state tracking: where the ball is after d swaps of five cups
+
+
 # ---------------------------------------------------------------------- the groups
 
 
@@ -66,6 +74,9 @@ class DataArgs:
     """Tokens per training sequence."""
     doc_masking: bool = False
     """Pass document ids so attention never crosses a document boundary."""
+    tasks: list[ReasoningTask] | None = None
+    """Train on synthetic reasoning problems of these tasks (e.g. [chase, add, swaps]) instead of text, with
+    a one-character-per-token vocabulary; validation reports answer accuracy. null: text."""
 
     def __post_init__(self) -> None:
         check_types(self, "data.")
@@ -73,6 +84,15 @@ class DataArgs:
         for name in ("shard_dir", "tokenizer_dir"):
             if getattr(self, name) == "":
                 raise ConfigError(f"data.{name} must be a directory path or null, got an empty string")
+        if self.tasks is not None:
+            if not self.tasks:
+                raise ConfigError("data.tasks must name at least one task, or be null for text")
+            if len(set(self.tasks)) != len(self.tasks):
+                raise ConfigError(f"data.tasks names a task twice: {[t.value for t in self.tasks]}")
+            if self.shard_dir is not None:
+                raise ConfigError(
+                    f"data.tasks trains on generated problems: data.shard_dir must be null, got {self.shard_dir!r}"
+                )
         if (self.shard_dir is None) != (self.tokenizer_dir is None):
             raise ConfigError(
                 "data.shard_dir and data.tokenizer_dir go together: give both, or neither for the default "

@@ -28,11 +28,13 @@ from torch import nn
 
 from parcae_lm.checkpoint import save_pretrained
 from parcae_lm.config import ModelConfig
-from parcae_lm.config.train import RunConfig, default_run_name
+from parcae_lm.config.train import RunConfig, SampleArgs, default_run_name
 from parcae_lm.data.default import prepare_default
 from parcae_lm.data.loader import TokenLoader
+from parcae_lm.data.reasoning import ReasoningLoader, reasoning_tokenizer, sample_problems
 from parcae_lm.data.shards import check_shards
 from parcae_lm.errors import ConfigError, ParcaeError, StorageError
+from parcae_lm.eval.reasoning import ReasoningValidator
 from parcae_lm.files import atomic_write_text, ensure_dir, exclusive_lock, write_failure
 from parcae_lm.model import build_model
 from parcae_lm.model.flops import flops_per_token
@@ -87,7 +89,7 @@ def _train(cfg: RunConfig, t_start: float, info: DistInfo) -> RunResult:
     cfg.grad_accum_steps(info.world_size)  # fail on an unsplittable batch before preparing data
     tokenizer, shard_dir = _prepare(cfg, info)
     mcfg = cfg.model_config(tokenizer.vocab_size)  # the model overrides, checked before anything is written
-    loader = _loader(cfg, shard_dir, info)  # and enough data for one batch
+    loader = _loader(cfg, shard_dir, tokenizer, info)  # and enough data for one batch
     with _claim(run_dir, cfg, tokenizer, info) as setup_done:
         seed_everything(cfg.seed)
         stepper = _stepper(cfg, mcfg, info)
@@ -98,7 +100,10 @@ def _train(cfg: RunConfig, t_start: float, info: DistInfo) -> RunResult:
         peak = _matmul_peak(cfg, info)  # after the resume: it draws random matrices
         token_bytes = torch.as_tensor(tokenizer.token_bytes(), dtype=torch.long)
         eval_bs = cfg.eval.batch_size or cfg.train.micro_batch_size
-        validator = Validator(shard_dir, eval_bs, cfg.data.seq_len, token_bytes, info)
+        if cfg.data.tasks is None:
+            validator = Validator(shard_dir, eval_bs, cfg.data.seq_len, token_bytes, info)
+        else:
+            validator = ReasoningValidator(cfg.data.tasks, tokenizer, eval_bs)
         n_params = sum(p.numel() for p in stepper.module.parameters())
         fpt = float(flops_per_token(mcfg, cfg.data.seq_len))
         final_depths = eval_depths(cfg.eval, mcfg, final=True)
@@ -145,9 +150,12 @@ def _train(cfg: RunConfig, t_start: float, info: DistInfo) -> RunResult:
     return RunResult(run_dir=run_dir, summary=summary)
 
 
-def _prepare(cfg: RunConfig, info: DistInfo) -> tuple[Tokenizer, Path]:
+def _prepare(cfg: RunConfig, info: DistInfo) -> tuple[Tokenizer, Path | None]:
     """The tokenizer and shard directory: the configured ones (the shards checked to be that tokenizer's),
-    or the default corpus built once (rank 0 first). Nothing is written into the run directory yet."""
+    or the default corpus built once (rank 0 first); for reasoning tasks the byte tokenizer and no shards
+    (problems are generated as training goes). Nothing is written into the run directory yet."""
+    if cfg.data.tasks is not None:
+        return reasoning_tokenizer(), None
     if cfg.data.shard_dir is not None:
         shard_dir, tok_dir = Path(cfg.data.shard_dir), Path(cfg.data.tokenizer_dir)
         if not shard_dir.is_dir():
@@ -233,8 +241,16 @@ def _make_run_dir(run_dir: Path) -> bool:
     return True
 
 
-def _loader(cfg: RunConfig, shard_dir: Path, info: DistInfo) -> TokenLoader:
-    """This rank's share of the shuffled training windows (each epoch permuted by (seed, epoch))."""
+def _loader(
+    cfg: RunConfig, shard_dir: Path | None, tokenizer: Tokenizer, info: DistInfo
+) -> TokenLoader | ReasoningLoader:
+    """This rank's share of the shuffled training windows (each epoch permuted by (seed, epoch)), or of
+    the generated reasoning problems."""
+    if cfg.data.tasks is not None:
+        micro, seq_len = cfg.train.micro_batch_size, cfg.data.seq_len
+        return ReasoningLoader(
+            cfg.data.tasks, micro, seq_len, tokenizer, info.rank, info.world_size, cfg.seed
+        )
     return TokenLoader(
         shard_dir,
         "train",
@@ -248,7 +264,7 @@ def _loader(cfg: RunConfig, shard_dir: Path, info: DistInfo) -> TokenLoader:
     )
 
 
-def _compat(cfg: RunConfig, mcfg: ModelConfig, shard_dir: Path, info: DistInfo) -> dict[str, Any]:
+def _compat(cfg: RunConfig, mcfg: ModelConfig, shard_dir: Path | None, info: DistInfo) -> dict[str, Any]:
     """What a resumed checkpoint must agree with."""
     return {
         "model_config": mcfg.to_dict(),
@@ -257,7 +273,8 @@ def _compat(cfg: RunConfig, mcfg: ModelConfig, shard_dir: Path, info: DistInfo) 
         "micro_batch_size": cfg.train.micro_batch_size,
         "world_size": info.world_size,
         "seed": cfg.seed,
-        "shard_dir": str(shard_dir),
+        "shard_dir": str(shard_dir) if shard_dir is not None else None,
+        **({} if cfg.data.tasks is None else {"tasks": [t.value for t in cfg.data.tasks]}),
     }
 
 
@@ -358,6 +375,12 @@ def _report(
     return Report(metrics, throughput, bar)
 
 
+def _reasoning_samples(cfg: RunConfig) -> SampleArgs:
+    """A reasoning run answers one held-out problem per task, greedily (text prompts are not its language)."""
+    problems = sample_problems(cfg.data.tasks)
+    return SampleArgs([p.prompt for p in problems], max(len(p.answer) for p in problems) + 1, 0.0)
+
+
 def _finish(
     cfg: RunConfig,
     run_dir: Path,
@@ -371,7 +394,8 @@ def _finish(
 ) -> dict[str, Any]:
     """Rank 0: the model, samples, curves, summary.json and the latest link; returns the summary."""
     save_pretrained(model, run_dir)
-    samples = write_samples(model, tokenizer, cfg.sample, cfg.seed, run_dir / "samples.txt")
+    sample = cfg.sample if cfg.data.tasks is None else _reasoning_samples(cfg)
+    samples = write_samples(model, tokenizer, sample, cfg.seed, run_dir / "samples.txt")
     plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", f"{cfg.run_name} ({mcfg.name})")
     main = f"_d{int(mcfg.mean_recurrence)}" if mcfg.is_parcae else ""
     tok_s = state.tokens / max(state.train_elapsed, 1e-9)
