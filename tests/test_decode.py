@@ -393,3 +393,24 @@ def test_compiled_batch_decoder_equals_eager():
         (a, ia), (b, ib) = fast.step(tokens, pos + step, **kw), slow.step(tokens, pos + step, **kw)
         assert (a - b).abs().max() < 1e-4 and torch.equal(ia, ib)
         tokens = a[:, :97].argmax(-1)
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_compiled_batch_decoder_equals_eager_across_length_buckets():
+    """Compiled steps whose rows cross a length bucket (64 → 128 positions) give the eager step's logits."""
+    from parcae_lm.model.decode import BatchDecoder
+
+    torch.manual_seed(0)
+    model = parcae_lm.create_model("parcae-micro", init_strategy="scaled", block_size=130).eval()
+    fast, slow = (BatchDecoder(model, 2, 130, compiled=c) for c in (True, False))
+    prompts = [torch.randint(0, 97, (t,)) for t in (61, 20)]
+    for bd in (fast, slow):
+        for row, p in enumerate(prompts):
+            bd.prefill(row, p, 0)
+    tokens, pos = torch.randint(0, 97, (2,)), torch.tensor([61, 20])
+    for step in range(5):
+        (a, _), (b, _) = fast.step(tokens, pos + step), slow.step(tokens, pos + step)
+        assert (a - b).abs().max() < 1e-4
+        tokens = a[:, :97].argmax(-1)
+    assert set(fast._compiled) == {(2, 64), (2, 128)}
