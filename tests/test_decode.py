@@ -303,6 +303,41 @@ def test_batch_decoder_rows_at_their_own_positions_and_depths(model):
     assert got == [ref(i, 9) for i in range(2)]
 
 
+@pytest.mark.parametrize("name", ["parcae-micro", "gpt-micro"])
+@torch.no_grad()
+def test_batch_decoder_attends_over_the_length_bucket_its_rows_need(name):
+    """A batched step reads only the leading positions its furthest row needs (a power-of-two bucket): rows
+    on both sides of a bucket boundary still decode as model.generate, and a row that is only reading its
+    prompt takes a throwaway token at its next position without changing what it decodes afterwards."""
+    from parcae_lm.model.decode import BatchDecoder
+
+    torch.manual_seed(0)
+    model = parcae_lm.create_model(name, init_strategy="scaled", block_size=150).eval()
+    bd = BatchDecoder(model, rows=4, max_len=150)
+    assert bd.lengths == [64, 128, 150]
+    assert [bd.length(n) for n in (1, 64, 65, 129, 150)] == [64, 64, 128, 150, 150]
+    with pytest.raises(ValueError, match="overflow"):
+        bd.length(151)
+    prompts = [torch.randint(0, 97, (t,)) for t in (3, 62, 20)]
+
+    def ref(i: int, n: int) -> list[int]:
+        return model.generate(prompts[i][None], n, temperature=0)[0, len(prompts[i]) :].tolist()
+
+    got = [[int(bd.prefill(row, p[:10] if row == 2 else p)[:97].argmax())] for row, p in enumerate(prompts)]
+    for k in range(5):  # rows 0 and 1 decode (row 1 crosses position 64); row 2 waits at position 10
+        pos = torch.tensor([len(prompts[0]) + k, len(prompts[1]) + k, 10])
+        logits, _ = bd.step(torch.tensor([got[0][-1], got[1][-1], 0]), pos)
+        for i in range(2):
+            got[i].append(int(logits[i, :97].argmax()))
+    got[2] = [int(bd.prefill(2, prompts[2][10:], 10)[:97].argmax())]
+    for _ in range(3):
+        pos = torch.tensor([len(p) + len(g) - 1 for p, g in zip(prompts, got)])
+        logits, _ = bd.step(torch.tensor([g[-1] for g in got]), pos)
+        for i in range(3):
+            got[i].append(int(logits[i, :97].argmax()))
+    assert got == [ref(0, 9), ref(1, 9), ref(2, 4)]
+
+
 def test_row_steps_are_checked():
     model = parcae_lm.create_model("parcae-micro").eval()
     x = torch.randint(0, 97, (2, 1))
@@ -358,3 +393,24 @@ def test_compiled_batch_decoder_equals_eager():
         (a, ia), (b, ib) = fast.step(tokens, pos + step, **kw), slow.step(tokens, pos + step, **kw)
         assert (a - b).abs().max() < 1e-4 and torch.equal(ia, ib)
         tokens = a[:, :97].argmax(-1)
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_compiled_batch_decoder_equals_eager_across_length_buckets():
+    """Compiled steps whose rows cross a length bucket (64 → 128 positions) give the eager step's logits."""
+    from parcae_lm.model.decode import BatchDecoder
+
+    torch.manual_seed(0)
+    model = parcae_lm.create_model("parcae-micro", init_strategy="scaled", block_size=130).eval()
+    fast, slow = (BatchDecoder(model, 2, 130, compiled=c) for c in (True, False))
+    prompts = [torch.randint(0, 97, (t,)) for t in (61, 20)]
+    for bd in (fast, slow):
+        for row, p in enumerate(prompts):
+            bd.prefill(row, p, 0)
+    tokens, pos = torch.randint(0, 97, (2,)), torch.tensor([61, 20])
+    for step in range(5):
+        (a, _), (b, _) = fast.step(tokens, pos + step), slow.step(tokens, pos + step)
+        assert (a - b).abs().max() < 1e-4
+        tokens = a[:, :97].argmax(-1)
+    assert set(fast._compiled) == {(2, 64), (2, 128)}

@@ -71,6 +71,18 @@ def test_sampling_filters():
         sample_next(logits, -1.0)
 
 
+def test_sampling_draws_from_the_softmax():
+    """Each row's draws follow softmax(logits / temperature); tokens of probability 0 are never drawn."""
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0], [3.0, -1e9, 0.0, float("-inf")]])
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    draws = torch.stack([sample_next(logits, 0.5, generator=g) for _ in range(n)])
+    for row in range(2):
+        freq = torch.bincount(draws[:, row], minlength=4).float() / n
+        assert (freq - (logits[row] / 0.5).softmax(-1)).abs().max() < 0.01
+    assert not draws[:, 1].eq(1).any() and not draws[:, 1].eq(3).any()
+
+
 def test_too_long_prompt_is_a_clear_error():
     model = parcae_lm.create_model("parcae-micro").eval()
     with pytest.raises(ValueError, match="exceeds the context"):

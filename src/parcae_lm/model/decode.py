@@ -18,7 +18,8 @@ eagerly until it has spent `COMPILE_AFTER_SECONDS` decoding, then compiles — a
 waits for a compiler, a process that keeps generating gets the compiled step (see docs/inference.md).
 
 `BatchDecoder` is the continuous-batching form: a cache of many rows, each holding its own sequence at its
-own position and depth; a step runs the first n rows (rounded up to a compiled batch bucket).
+own position and depth; a step runs the first n rows (rounded up to a compiled batch bucket) and attends
+over the leading positions the furthest row needs (rounded up to a power of two, like `cache_length`).
 """
 
 from __future__ import annotations
@@ -92,16 +93,20 @@ def sample_next(
         drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix whose mass reaches top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    try:
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    except RuntimeError as e:  # multinomial's own check, so no extra pass over the probabilities
-        if "inf" not in str(e) and "nan" not in str(e):
-            raise
+    # Inverse-CDF draw: one uniform per row against the running sum of the probabilities (in float64).
+    # torch.multinomial draws one exponential per vocabulary entry, which on CPU costs ~1 ms per row at a
+    # 32k vocabulary, as much as a batched decode step's attention.
+    cdf = logits.softmax(dim=-1).double().cumsum(dim=-1)
+    total = cdf[:, -1:]
+    if not bool(torch.isfinite(total).all()):
         raise ValueError(
             "cannot sample: the model's next-token probabilities hold NaN or inf (its weights or activations "
             "are not finite)"
-        ) from None
+        )
+    u = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=total.device) * total
+    # Strictly below the total, so the draw lands on a token of positive probability (the last one at most).
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -224,11 +229,14 @@ class BatchDecoder:
 
     Running sequences occupy rows 0..n−1 (the caller keeps them compact with `move_row`); `step` advances
     all n by one token through the first b rows of the cache, b the smallest batch bucket ≥ n (powers of
-    two up to `rows`). Rows that should not advance (free rows n..b−1, or a row still reading its prompt)
-    compute a throwaway token at `idle_position`, the cache's last position: no query reads it before a
-    real token is written there. `prefill` writes one row's prompt (or a chunk of
-    it) while the others keep their state. With `compiled=True` each bucket's step is one static-shape
-    graph, compiled on first use or by `precompile`; prefill stays eager.
+    two up to `rows`), attending over the first L positions, L the smallest length bucket above every
+    row's position (`cache_length`: powers of two from MIN_CACHE_BUCKET, capped at `max_len`). A step's
+    attention reads b·L cached positions per layer, not rows·max_len: early in the sequences it is the
+    larger part of a batched step. A row that should not advance (one still reading its prompt) takes a
+    throwaway token at the next position it has not written (its prompt's next chunk overwrites it before
+    any query reads it); free rows n..b−1 compute one at position 0. `prefill` writes one row's prompt (or
+    a chunk of it) while the others keep their state. With `compiled=True` each (batch, length) bucket's
+    step is one static-shape graph, compiled on first use or by `precompile`; prefill stays eager.
 
     A Parcae row takes `steps` iterations (≤ the cache's depth `num_steps`) and may exit early on a
     relative state change below its `threshold` (see `Parcae.forward`'s row_steps / exit_threshold); each
@@ -253,23 +261,26 @@ class BatchDecoder:
         self.cache = model.new_kv_cache(rows, max_len, num_steps, FULL_CACHE, cache_dtype)
         self.num_steps = self.cache.num_steps or 1
         self.buckets = sorted({min(2**i, rows) for i in range(rows.bit_length() + 1)})
+        self.lengths = sorted({cache_length(2**i, max_len) for i in range(max_len.bit_length() + 1)})
         self._views = {b: self.cache.rows(0, b) for b in self.buckets}
-        self._compiled: dict[int, Callable] = {}
-        self.compile_seconds: dict[int, float] = {}
+        self._compiled: dict[tuple[int, int], Callable] = {}
+        self.compile_seconds: dict[int, float] = {}  # per batch bucket, summed over its lengths
         self.compiled = compiled
 
     @property
     def max_len(self) -> int:
         return self.cache.length
 
-    @property
-    def idle_position(self) -> int:
-        return self.cache.length - 1
-
     def bucket(self, n: int) -> int:
         if not 1 <= n <= self.rows:
             raise ValueError(f"a step runs 1..{self.rows} rows, got {n}")
         return next(b for b in self.buckets if b >= n)
+
+    def length(self, needed: int) -> int:
+        """The attention length of a step whose furthest row writes position needed − 1."""
+        if not 1 <= needed <= self.max_len:
+            raise ValueError(f"KV cache overflow: position {needed - 1} ≥ max_len={self.max_len}")
+        return next(n for n in self.lengths if n >= needed)
 
     @torch.no_grad()
     def prefill(self, row: int, ids: Tensor, start: int = 0, steps: int | None = None) -> Tensor:
@@ -304,19 +315,17 @@ class BatchDecoder:
         and the iterations each row took [n]."""
         n = tokens.shape[0]
         b = self.bucket(n)
-        if int(positions.max()) >= self.max_len:
-            raise ValueError(f"KV cache overflow: position {int(positions.max())} ≥ max_len={self.max_len}")
+        length = self.length(int(positions.max()) + 1)
         device = self.cache.prelude[0].k.device
         tok = torch.zeros(b, dtype=torch.long, device=device)
-        pos = torch.full((b, 1), self.idle_position, dtype=torch.long, device=device)
+        pos = torch.zeros((b, 1), dtype=torch.long, device=device)
         stp = torch.ones(b, dtype=torch.long, device=device)
         thr = torch.zeros(b, dtype=torch.float32, device=device)
         tok[:n], pos[:n, 0] = tokens, positions
         stp[:n] = self.num_steps if steps is None else steps.clamp(1, self.num_steps)
         if thresholds is not None:
             thr[:n] = thresholds
-        fn = self._step_fn(b)
-        logits, iterations = fn(tok, pos, stp, thr)
+        logits, iterations = self._step_fn(b, length)(tok, pos, stp, thr)
         return logits[:n], iterations[:n]
 
     def move_row(self, src: int, dst: int) -> None:
@@ -325,14 +334,16 @@ class BatchDecoder:
             self.cache.move_row(src, dst)
 
     def precompile(self, buckets: list[int] | None = None) -> dict[int, float]:
-        """Compile the steps of `buckets` (default: all) now; returns seconds per bucket."""
+        """Compile the steps of `buckets` (default: all) at every attention length now, before any row holds
+        a sequence (it writes throwaway entries in every row); returns seconds per batch bucket."""
         if not self.compiled:
             raise ValueError("this BatchDecoder was built without compiled=True")
+        device = self.cache.prelude[0].k.device
         for b in buckets or self.buckets:
-            if b not in self.compile_seconds:
-                device = self.cache.prelude[0].k.device
-                idle = torch.full((b,), self.idle_position, dtype=torch.long, device=device)
-                self.step(torch.zeros(b, dtype=torch.long, device=device), idle)
+            for length in self.lengths:
+                if (b, length) not in self._compiled:
+                    at = torch.full((b,), length - 1, dtype=torch.long, device=device)
+                    self.step(torch.zeros(b, dtype=torch.long, device=device), at)
         return dict(self.compile_seconds)
 
     def _steps(self, steps: int | None) -> int:
@@ -342,12 +353,12 @@ class BatchDecoder:
             raise ValueError(f"steps must be in 1..{self.num_steps} (the cache's depth), got {steps}")
         return steps
 
-    def _step_fn(self, b: int) -> Callable:
+    def _step_fn(self, b: int, length: int) -> Callable:
         if not self.compiled:
-            return self._eager_step(b)
-        if b not in self._compiled:
+            return self._eager_step(b, length)
+        if (b, length) not in self._compiled:
             # Lazily built tables (RoPE, h₀) must exist before tracing: one eager step builds them.
-            eager = self._eager_step(b)
+            eager = self._eager_step(b, length)
             compiled = torch.compile(
                 eager,
                 fullgraph=True,
@@ -360,19 +371,21 @@ class BatchDecoder:
                 eager(*args)
                 t0 = time.perf_counter()
                 out = compiled(*args)
-                self.compile_seconds[b] = time.perf_counter() - t0
-                self._compiled[b] = compiled
+                self.compile_seconds[b] = self.compile_seconds.get(b, 0.0) + time.perf_counter() - t0
+                self._compiled[b, length] = compiled
                 return out
 
             return first_call
-        return self._compiled[b]
+        return self._compiled[b, length]
 
-    def _eager_step(self, b: int) -> Callable:
+    def _eager_step(self, b: int, length: int) -> Callable:
         cache, model, looped = self._views[b], self.model, self.looped
 
         def step(tok: Tensor, pos: Tensor, stp: Tensor, thr: Tensor) -> tuple[Tensor, Tensor]:
             kw = {"row_steps": stp, "exit_threshold": thr} if looped else {}
-            out = model(tok[:, None], kv_cache=cache, input_pos=pos, logits_to_keep=1, **kw)
+            out = model(
+                tok[:, None], kv_cache=cache, input_pos=pos, input_pos_maxp1=length, logits_to_keep=1, **kw
+            )
             iterations = out["iterations"][:, 0] if looped else torch.ones_like(tok)
             return out["logits"][:, -1], iterations
 

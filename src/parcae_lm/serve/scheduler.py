@@ -269,31 +269,37 @@ class Scheduler:
             self._accept(seq, logits[None, : self.vocab], self._depth(seq))
 
     def _decode(self, decoding: list[Sequence]) -> None:
-        n, idle = len(self._active), self.decoder.idle_position
-        device = self.model.device
-        tokens = torch.zeros(n, dtype=torch.long)
-        positions = torch.full((n,), idle, dtype=torch.long)
-        steps = torch.ones(n, dtype=torch.long)
-        thresholds = torch.zeros(n)
+        # A row still reading its prompt takes a throwaway token at the next position it will write.
+        n, device = len(self._active), self.model.device
+        positions = [s.prefilled for s in self._active]
+        tokens, steps, thresholds = [0] * n, [1] * n, [0.0] * n
         for seq in decoding:
             tokens[seq.row], positions[seq.row] = seq.next_token, seq.position
             steps[seq.row], thresholds[seq.row] = self._depth(seq), seq.params.exit_threshold
         logits, iterations = self.decoder.step(
-            tokens.to(device), positions.to(device), steps.to(device), thresholds.to(device)
+            torch.tensor(tokens, device=device),
+            torch.tensor(positions, device=device),
+            torch.tensor(steps, device=device),
+            torch.tensor(thresholds, dtype=torch.float32, device=device),
         )
         if self.metrics is not None:
             self.metrics.add("parcae_decode_steps_total")
-        logits, iterations = logits[:, : self.vocab].float().cpu(), iterations.cpu()
+        logits = logits[:, : self.vocab].float().cpu()
+        # Greedy rows are picked together (one argmax, the same ids as row by row); the others sample.
+        greedy, iterations = logits.argmax(dim=-1).tolist(), iterations.tolist()
         for seq in decoding:
-            self._accept(seq, logits[seq.row : seq.row + 1], int(iterations[seq.row]))
+            token = greedy[seq.row] if seq.params.temperature == 0 else None
+            self._accept(seq, logits[seq.row : seq.row + 1], iterations[seq.row], token)
 
     def _depth(self, seq: Sequence) -> int:
         return self.depth if seq.params.recurrence is None else seq.params.recurrence
 
-    def _accept(self, seq: Sequence, logits: Tensor, iterations: int) -> None:
-        """Sample the next token from `logits` [1, V], record it, stream what text is final, finish if due."""
+    def _accept(self, seq: Sequence, logits: Tensor, iterations: int, token: int | None = None) -> None:
+        """Sample the next token from `logits` [1, V] (unless already picked), record it, stream what text
+        is final, finish if due."""
         p = seq.params
-        token = int(sample_next(logits, p.temperature, p.top_k, p.top_p, seq.generator)[0])
+        if token is None:
+            token = int(sample_next(logits, p.temperature, p.top_k, p.top_p, seq.generator)[0])
         seq.iterations.append(iterations)
         if self.metrics is not None:
             self.metrics.add("parcae_generated_tokens_total")
