@@ -17,6 +17,8 @@ def _part(path: Path) -> str | None:
     rel = path.relative_to(PACKAGE)
     if rel.parts == ("__init__.py",):
         return None  # the package facade re-exports the public API from the parts below it
+    if rel.parts == ("__main__.py",):
+        return None  # `python -m parcae_lm`: the entry point, above every part
     return rel.parts[0].removesuffix(".py")
 
 

@@ -38,21 +38,33 @@ def test_info_prints_exact_counts(capsys):
     assert info["flops"]["params"]["total"] == 143_141_184
 
 
+def test_info_applies_and_checks_model_overrides(run_dir, capsys):
+    assert main(["info", "parcae-140m", "--model.mean_recurrence", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["mean_recurrence"] == 4
+    # a saved model's config takes overrides too
+    assert main(["info", str(run_dir), "--model.mean_recurrence", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["mean_recurrence"] == 3
+
+
 def test_info_rejects_bad_overrides(capsys):
-    assert main(["info", "parcae-tiny", "--set", "mean_recurrence"]) == 1
-    assert "KEY=VALUE" in capsys.readouterr().err
-    assert main(["info", "parcae-tiny", "--set", "injection_type=cubic"]) == 1
+    assert main(["info", "parcae-tiny", "--model", "mean_recurrence"]) == 2  # not a mapping: a usage error
+    assert "--model: expected" in capsys.readouterr().err
+    assert main(["info", "parcae-tiny", "--model.injection_type", "cubic"]) == 1
     assert "injection_type" in capsys.readouterr().err
+    assert main(["info", "parcae-tiny", "--model.n_embd", "wide"]) == 1
+    assert "model.n_embd: expected an integer, got 'wide'" in capsys.readouterr().err
+    assert main(["info", "parcae-tiny", "--model.bogus", "1"]) == 1
+    assert "unknown model field 'bogus'" in capsys.readouterr().err
 
 
 def test_generate_streams_and_is_reproducible(run_dir, capsys):
-    args = ["generate", str(run_dir), "ROMEO:", "--max-new-tokens", "12", "--seed", "3"]
+    args = ["generate", str(run_dir), "ROMEO:", "--max_new_tokens", "12", "--seed", "3"]
     assert main(args) == 0
     first = capsys.readouterr().out
     assert first.startswith("ROMEO:") and len(first) > len("ROMEO:\n")
     assert main(args) == 0
     assert capsys.readouterr().out == first
-    assert main([*args, "--num-samples", "2", "--temperature", "0"]) == 0
+    assert main([*args, "--num_samples", "2", "--temperature", "0"]) == 0
     out = capsys.readouterr().out
     assert out.count("--- sample") == 2
 
@@ -60,7 +72,7 @@ def test_generate_streams_and_is_reproducible(run_dir, capsys):
 @pytest.mark.slow
 def test_generate_compiled_equals_eager(run_dir, capsys):
     """`--compile` decodes through the static compiled step: the same greedy text as the eager path."""
-    args = ["generate", str(run_dir), "ROMEO:", "--max-new-tokens", "12", "--temperature", "0"]
+    args = ["generate", str(run_dir), "ROMEO:", "--max_new_tokens", "12", "--temperature", "0"]
     assert main(args) == 0
     eager = capsys.readouterr().out
     assert main([*args, "--compile"]) == 0
@@ -68,7 +80,7 @@ def test_generate_compiled_equals_eager(run_dir, capsys):
 
 
 def test_generate_errors_are_clear(run_dir, tmp_path, capsys):
-    assert main(["generate", str(run_dir), "x" * 10, "--max-new-tokens", "500"]) == 1
+    assert main(["generate", str(run_dir), "x" * 10, "--max_new_tokens", "500"]) == 1
     assert "exceeds the model's context" in capsys.readouterr().err
     parcae_lm.save_pretrained(parcae_lm.create_model("parcae-micro"), tmp_path)
     assert main(["generate", str(tmp_path), "hi"]) == 1
@@ -82,17 +94,17 @@ def test_bench_train_reports_mfu(tmp_path, capsys):
             [
                 "bench",
                 "train",
-                "--config",
+                "--model_name",
                 "parcae-micro",
-                "--batch-size",
+                "--batch_size",
                 "2",
-                "--seq-len",
+                "--seq_len",
                 "32",
                 "--steps",
                 "2",
                 "--warmup",
                 "1",
-                "--json",
+                "--out",
                 str(out),
             ]
         )

@@ -411,13 +411,13 @@ def test_cli_tokenizer_train_and_data_prepare(tmp_path, capsys):
         (src / f"{i:02d}.txt").write_text(doc)
     assert (
         cli_main(
-            ["tokenizer", "train", "--vocab-size", "300", "--out", str(tmp_path / "tok"), "--input", str(src)]
+            ["tokenizer", "train", "--vocab_size", "300", "--out", str(tmp_path / "tok"), "--input", str(src)]
         )
         == 0
     )
     assert Tokenizer.load(tmp_path / "tok").vocab_size == 300
     args = ["data", "prepare", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "sh")]
-    assert cli_main([*args, "--input", str(src), "--val-fraction", "0.25"]) == 0
+    assert cli_main([*args, "--input", f"[{src}]", "--val_fraction", "0.25"]) == 0
     m = Manifest.load(tmp_path / "sh")
     assert (m.splits["train"].documents, m.splits["val"].documents) == (18, 6)
     assert cli_main(["data", "info", str(tmp_path / "sh")]) == 0

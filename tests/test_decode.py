@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import parcae_lm
-from parcae_lm.bench.generate import bench_generate, parse_batch_sizes
+from parcae_lm.bench.generate import bench_generate
 from parcae_lm.cli import main
 from parcae_lm.errors import ConfigError
 from parcae_lm.model import CacheStrategy, Decoder
@@ -187,15 +187,17 @@ def test_bench_generate_cli(tmp_path, capsys):
     model = parcae_lm.create_model("parcae-micro").eval()
     parcae_lm.save_pretrained(model, tmp_path / "m")
     out = tmp_path / "bench.json"
-    args = ["bench", "generate", str(tmp_path / "m"), "--prompt-len", "8", "--new-tokens", "4"]
-    assert main([*args, "--batch-sizes", "1,2", "--threads", "1", "--json", str(out)]) == 0
+    args = ["bench", "generate", str(tmp_path / "m"), "--prompt_len", "8", "--new_tokens", "4"]
+    assert main([*args, "--batch_sizes", "[1,2]", "--threads", "1", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())
     assert [r["batch_size"] for r in rows] == [1, 2] and all(r["threads"] == 1 for r in rows)
     assert "of limit" in capsys.readouterr().out
-    assert main([*args, "--batch-sizes", "1,x"]) == 1
-    assert "--batch-sizes" in capsys.readouterr().err
-    with pytest.raises(ConfigError):
-        parse_batch_sizes("0")
+    assert main([*args, "--batch_sizes", "[1,x]"]) == 2  # a usage error
+    assert "--batch_sizes" in capsys.readouterr().err
+    assert main([*args, "--batch_sizes", "[0]"]) == 1
+    assert "--batch_sizes must be positive" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="batch_size"):
+        bench_generate(model, prompt_len=8, new_tokens=4, batch_size=0)
 
 
 @pytest.mark.slow
@@ -203,8 +205,8 @@ def test_bench_generate_cli_compiled(tmp_path, capsys):
     torch.manual_seed(0)
     parcae_lm.save_pretrained(parcae_lm.create_model("parcae-micro").eval(), tmp_path / "m")
     out = tmp_path / "bench.json"
-    args = ["bench", "generate", str(tmp_path / "m"), "--prompt-len", "8", "--new-tokens", "4"]
-    assert main([*args, "--batch-sizes", "1", "--compile", "--json", str(out)]) == 0
+    args = ["bench", "generate", str(tmp_path / "m"), "--prompt_len", "8", "--new_tokens", "4"]
+    assert main([*args, "--batch_sizes", "[1]", "--compile", "--out", str(out)]) == 0
     (row,) = json.loads(out.read_text())
     assert row["compiled"] and row["compile_seconds"] > 0 and row["decode_tokens_per_second"] > 0
     assert "decode step compiled in" in capsys.readouterr().out

@@ -50,8 +50,8 @@ def runs(tmp_path_factory):
 
 
 def test_core_sweep_writes_json_markdown_and_plot(runs, tmp_path):
-    args = ["eval", "core", str(runs["parcae"]), "--bundle", str(runs["bundle"]), "--recurrence", "1,2"]
-    args += ["--max-per-task", "3", "--seeds", "1234", "--out", str(tmp_path)]
+    args = ["eval", "core", str(runs["parcae"]), "--bundle", str(runs["bundle"]), "--recurrence", "[1,2]"]
+    args += ["--max_per_task", "3", "--seeds", "[1234]", "--out", str(tmp_path)]
     assert main(args) == 0
     out = json.loads((tmp_path / "core.json").read_text())
     assert [r["depth"] for r in out["results"]] == ["1", "2"]
@@ -62,11 +62,11 @@ def test_core_sweep_writes_json_markdown_and_plot(runs, tmp_path):
 
 
 def test_bpb_and_lambada_on_a_run_directory(runs):
-    assert main(["eval", "bpb", str(runs["gpt"]), "--text", str(runs["text"]), "--batch-size", "4"]) == 0
+    assert main(["eval", "bpb", str(runs["gpt"]), "--text", str(runs["text"]), "--batch_size", "4"]) == 0
     [r] = json.loads((runs["gpt"] / "eval" / "bpb.json").read_text())["results"]
     assert r["num_bytes"] == len(TEXT.encode("utf-8")) and r["depth"] == "default"
     assert (
-        main(["eval", "lambada", str(runs["parcae"]), "--bundle", str(runs["bundle"]), "--recurrence", "2"])
+        main(["eval", "lambada", str(runs["parcae"]), "--bundle", str(runs["bundle"]), "--recurrence", "[2]"])
         == 0
     )
     [r] = json.loads((runs["parcae"] / "eval" / "lambada.json").read_text())["results"]
@@ -74,15 +74,22 @@ def test_bpb_and_lambada_on_a_run_directory(runs):
 
 
 def test_user_errors_print_without_traceback(runs, tmp_path, capsys):
-    assert main(["eval", "core", str(runs["gpt"]), "--bundle", str(runs["bundle"]), "--recurrence", "2"]) == 1
+    assert (
+        main(["eval", "core", str(runs["gpt"]), "--bundle", str(runs["bundle"]), "--recurrence", "[2]"]) == 1
+    )
     assert "only applies to looped" in capsys.readouterr().err
     assert main(["eval", "lambada", str(tmp_path / "nope"), "--bundle", str(runs["bundle"])]) == 1
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "m").mkdir()
     assert main(["eval", "bpb", str(tmp_path / "m"), "--text", str(runs["text"])]) == 1
     assert "pass --tokenizer" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["eval", "core", str(runs["parcae"]), "--recurrence", "1,x"])
+    assert main(["eval", "core", str(runs["parcae"]), "--recurrence", "[1,x]"]) == 2  # a usage error
+    err = capsys.readouterr().err
+    assert "--recurrence: expected" in err and "'x'" in err and "Traceback" not in err
+    assert main(["eval", "bpb", str(runs["gpt"]), "--text", str(runs["text"]), "--batch_size", "0"]) == 2
+    assert "--batch_size: expected PositiveInt" in capsys.readouterr().err
+    assert main(["eval", "bpb", str(runs["gpt"])]) == 2
+    assert "exactly one of --shard_dir and --text" in capsys.readouterr().err
 
 
 def test_fetch_builds_the_bundle(tmp_path, monkeypatch, capsys):

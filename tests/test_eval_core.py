@@ -186,7 +186,7 @@ def test_max_per_task_scores_the_same_prompts_as_a_full_run():
 def test_bad_arguments_raise_eval_error(tmp_path):
     bundle = _bundle(tmp_path, COPA, WINO, LAMB)
     model = BigramModel()
-    with pytest.raises(EvalError, match="max-per-task"):
+    with pytest.raises(EvalError, match="max_per_task"):
         evaluate_suite(model, TOK, bundle, Suite.CORE, max_per_task=0)
     with pytest.raises(EvalError, match="unknown task"):
         evaluate_suite(model, TOK, bundle, Suite.CORE, tasks=["mmlu_fewshot"])

@@ -131,9 +131,9 @@ def test_cli_rejects_bad_thresholds_before_loading(capsys):
     from parcae_lm.cli import main
 
     args = ["infer", "adaptive-eval", "/nonexistent", "--criterion", "state", "--thresholds"]
-    assert main([*args, "0.1,-1"]) == 1
+    assert main([*args, "[0.1,-1]"]) == 1
     assert "≥ 0" in capsys.readouterr().err
-    assert main([*args, "0.1,abc"]) == 1
-    assert "comma-separated" in capsys.readouterr().err
-    assert main(["infer", "cache-eval", "/nonexistent", "--strategies", "full,middle"]) == 1
+    assert main([*args, "[0.1,abc]"]) == 2  # not a number: a usage error
+    assert "--thresholds: expected" in capsys.readouterr().err
+    assert main(["infer", "cache-eval", "/nonexistent", "--strategies", "[full,middle]"]) == 1
     assert "unknown cache strategy" in capsys.readouterr().err

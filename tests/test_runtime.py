@@ -9,6 +9,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+from parcae_lm.errors import ConfigError
+from parcae_lm.runtime import resolve_device
 
 SCRIPT = """
 import resource, torch
@@ -40,3 +44,25 @@ def test_a_plain_training_loop_stops_per_step_page_faults():
     assert applied == "False" and faults > 8192  # ≥ 32 MiB of fresh pages every step
     faults, applied = run("1")
     assert applied == "True" and faults < 100  # freed blocks are reused from the heap
+
+
+def test_resolve_device_picks_and_checks_devices(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    for name, message in [
+        ("cuda", "CUDA is not available"),
+        ("mps", "MPS is not available"),
+        ("gpu", "unknown device 'gpu'; expected auto, cpu, cuda, cuda:N or mps"),
+        ("meta", "unsupported device 'meta'"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            resolve_device(name)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda")  # cuda first, then mps
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match="2 CUDA device"):
+        resolve_device("cuda:2")

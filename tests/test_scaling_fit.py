@@ -321,7 +321,7 @@ def test_run_table_reading_and_errors(tmp_path):
 def test_cli_isoflop_and_parametric(tmp_path, capsys):
     write_csv(tmp_path / "runs.csv", isoflop_rows(sigma=0.002))
     out = tmp_path / "out"
-    assert main(["fit", "isoflop", str(tmp_path / "runs.csv"), "--out", str(out), "--n-boot", "100"]) == 0
+    assert main(["fit", "isoflop", str(tmp_path / "runs.csv"), "--out", str(out), "--n_boot", "100"]) == 0
     report = json.loads((out / "isoflop.json").read_text())
     mu_law = report["result"]["mean_recurrence"]["power_law"]
     d_law = report["result"]["tokens"]["power_law"]
@@ -334,10 +334,10 @@ def test_cli_isoflop_and_parametric(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
     # N_eff computed from the μ column (--core-params/--other-params) equals the n_eff column.
-    args = ["fit", "parametric", str(tmp_path / "runs.csv"), "--n-starts", "4", "--n-candidates", "512"]
+    args = ["fit", "parametric", str(tmp_path / "runs.csv"), "--n_starts", "4", "--n_candidates", "512"]
     assert main([*args, "--out", str(tmp_path / "p1")]) == 0
     assert (
-        main([*args, "--out", str(tmp_path / "p2"), "--core-params", "1.4e7", "--other-params", "5e7"]) == 0
+        main([*args, "--out", str(tmp_path / "p2"), "--core_params", "1.4e7", "--other_params", "5e7"]) == 0
     )
     p1 = json.loads((tmp_path / "p1" / "parametric.json").read_text())["result"]
     p2 = json.loads((tmp_path / "p2" / "parametric.json").read_text())["result"]
@@ -362,17 +362,17 @@ def test_cli_testtime_unified_and_errors(tmp_path, capsys):
     names = ["mean_recurrence", "n_eff", "tokens", "num_steps", "val_loss"]
     mu, n, d, t, loss = unified_data(noise=0.0)
     write_csv(tmp_path / "all.csv", [dict(zip(names, r)) for r in zip(mu, n, d, t, loss)])
-    argv = ["fit", "unified", str(tmp_path / "all.csv"), "--out", str(tmp_path / "u"), "--n-starts", "4"]
+    argv = ["fit", "unified", str(tmp_path / "all.csv"), "--out", str(tmp_path / "u"), "--n_starts", "4"]
     assert main(argv) == 0
     u = json.loads((tmp_path / "u" / "unified.json").read_text())["result"]
     assert u["z"] == pytest.approx(1.5, rel=1e-3) and u["gamma"] == 1.0
 
     capsys.readouterr()
-    assert main(["fit", "testtime", str(path), "--out", str(tmp_path / "e"), "--loss-col", "bpb"]) == 1
+    assert main(["fit", "testtime", str(path), "--out", str(tmp_path / "e"), "--loss_col", "bpb"]) == 1
     err = capsys.readouterr().err
     assert "missing column 'bpb'" in err and "Traceback" not in err
-    assert main(["fit", "parametric", str(path), "--out", str(tmp_path / "e"), "--core-params", "1e7"]) == 1
-    assert "--other-params" in capsys.readouterr().err
+    assert main(["fit", "parametric", str(path), "--out", str(tmp_path / "e"), "--core_params", "1e7"]) == 2
+    assert "--other_params" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------

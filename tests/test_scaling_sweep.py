@@ -278,9 +278,9 @@ def test_sweep_runs_resumes_and_feeds_parcae_fit(data, tmp_path, monkeypatch):
             str(tmp_path / "results.csv"),
             "--out",
             str(out),
-            "--n-starts",
+            "--n_starts",
             "2",
-            "--n-candidates",
+            "--n_candidates",
             "64",
         ]
     )
@@ -329,7 +329,7 @@ def test_spike_stats():
 def test_cli_dry_run_and_emit(data, tmp_path, capsys):
     sweep = tmp_path / "s.yaml"
     sweep.write_text(json.dumps(micro_spec(data, [{"model.mean_recurrence": [2, 3]}]).to_dict()))
-    assert cli_main(["sweep", str(sweep), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+    assert cli_main(["sweep", str(sweep), "--out", str(tmp_path / "o"), "--dry_run"]) == 0
     out = capsys.readouterr().out
     assert "2 points" in out and "[todo] mean_recurrence2" in out
     assert cli_main(["sweep", str(sweep), "--out", str(tmp_path / "o"), "--emit", "slurm"]) == 0

@@ -1,5 +1,5 @@
-"""Process-level settings and measurements of the machine: CPU allocator tuning, the matmul peak that MFU
-is measured against, device synchronisation and peak memory.
+"""Process-level settings and measurements of the machine: the device to run on, CPU allocator tuning, the
+matmul peak that MFU is measured against, device synchronisation and peak memory.
 
 `keep_freed_memory`, applied once per process when the first model is built:
 
@@ -22,11 +22,46 @@ import time
 
 import torch
 
+from parcae_lm.errors import ConfigError
+
 _M_TRIM_THRESHOLD = -1  # mallopt parameter ids from glibc's <malloc.h>
 _M_MMAP_THRESHOLD = -3
 _LIMIT = 2**31 - 1  # mallopt takes an int
 
 _applied = False
+
+
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` is cuda if available, then mps, then cpu; an explicit device must exist on this machine."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {name!r}; expected {DEVICES}") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {name!r}: CUDA is not available here (use --device cpu or auto)")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"device {name!r}: there are {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
+        return device
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device {name!r}: MPS is not available here (use --device cpu or auto)")
+        return device
+    raise ConfigError(f"unsupported device {name!r}; expected {DEVICES}")
 
 
 def keep_freed_memory() -> bool:

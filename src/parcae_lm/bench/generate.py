@@ -64,8 +64,10 @@ def bench_generate(
     `compile` runs the decode steps through the decoder's compiled static-shape step, compiled before
     anything is timed; its compile time is reported separately."""
     cfg = model.config
-    if prompt_len < 1 or new_tokens < 1:
-        raise ConfigError(f"prompt_len and new_tokens must be ≥ 1, got {prompt_len}, {new_tokens}")
+    if prompt_len < 1 or new_tokens < 1 or batch_size < 1:
+        raise ConfigError(
+            f"prompt_len, new_tokens and batch_size must be ≥ 1, got {prompt_len}, {new_tokens}, {batch_size}"
+        )
     if prompt_len + new_tokens > cfg.block_size:
         raise ConfigError(
             f"prompt_len + new_tokens = {prompt_len + new_tokens} exceeds the model's block_size={cfg.block_size}"
@@ -157,13 +159,3 @@ def load_model_or_default(path: str | None, device: str = "cpu") -> tuple[Langua
     torch.manual_seed(0)
     cfg = bench_config(block_size=512)
     return build_model(cfg).to(device).eval(), f"{cfg.name} (random init, bench config)"
-
-
-def parse_batch_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"--batch-sizes must be comma-separated integers, got {text!r}") from None
-    if not sizes or any(s < 1 for s in sizes):
-        raise ConfigError(f"--batch-sizes must be positive integers, got {text!r}")
-    return sizes

@@ -1,47 +1,61 @@
-"""`parcae` — one command, with subcommands that call the library.
-
-Each command group lives in its own module here and exposes `register(subparsers)`; every
-subcommand sets `func(args) -> int | None`. User errors (ParcaeError) print without a traceback.
-"""
+"""`parcae`: one command with subcommands; each is a plain function in this package (see command.py for
+how a function's signature and docstring become its options)."""
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import sys
+from parcae_lm.cli import bench, data, eval, fit, generate, infer, info, sweep, tokenizer, train
+from parcae_lm.cli.command import Group, run
 
-from parcae_lm.errors import ParcaeError
-
-# Command-group modules, in the order they appear in `parcae --help`.
-GROUPS = ["model", "data", "train", "eval", "scaling", "infer"]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="parcae", description="Parcae: stable looped language models")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in GROUPS:
-        importlib.import_module(f"parcae_lm.cli.{name}").register(sub)
-    return parser
+# The commands, in the order `parcae --help` lists them.
+COMMANDS = {
+    "train": train.train,
+    "generate": generate.generate,
+    "info": info.info,
+    "eval": Group(
+        "Evaluate a model: bits per byte, CORE, Core-Extended, LAMBADA.",
+        {
+            "bpb": eval.bpb,
+            "core": eval.core,
+            "core-extended": eval.core_extended,
+            "lambada": eval.lambada,
+            "fetch": eval.fetch,
+        },
+    ),
+    "data": Group(
+        "Corpora and tokenized shards.",
+        {
+            "prepare": data.prepare,
+            "default": data.default,
+            "fetch-fineweb": data.fetch_fineweb,
+            "info": data.info,
+        },
+    ),
+    "tokenizer": Group("Train byte-level BPE tokenizers.", {"train": tokenizer.train}),
+    "bench": Group(
+        "Throughput benchmarks on this machine.", {"train": bench.train, "generate": bench.generate}
+    ),
+    "infer": Group(
+        "Adaptive depth, KV-cache strategies, quantization, export.",
+        {
+            "adaptive-eval": infer.adaptive_eval,
+            "cache-eval": infer.cache_eval,
+            "quantize": infer.quantize,
+            "export": infer.export,
+            "export-hf": infer.export_hf,
+        },
+    ),
+    "fit": Group(
+        "Fit scaling laws to a results table (needs the 'scaling' extra).",
+        {
+            "isoflop": fit.isoflop,
+            "parametric": fit.parametric,
+            "testtime": fit.testtime,
+            "unified": fit.unified,
+        },
+    ),
+    "sweep": sweep.sweep,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except ParcaeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # e.g. `parcae sweep --emit slurm | head`
-        sys.stderr.close()
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run(COMMANDS, argv)

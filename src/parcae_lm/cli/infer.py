@@ -1,132 +1,79 @@
-"""`parcae infer ...`: adaptive-depth and KV-cache quality sweeps, int8 quantization, export.
+"""`parcae infer adaptive-eval|cache-eval|quantize|export|export-hf`: adaptive depth and KV-cache quality
+sweeps, int8 quantization, export.
 
-    parcae infer adaptive-eval RUN --criterion state --thresholds 0.01,0.02,0.05 [--max-steps 4]
-    parcae infer cache-eval RUN --strategies full,last,first-last,ring-2
-    parcae infer quantize RUN [--out FILE.pt]            speed, size and bpb of int8 vs fp32
-    parcae infer export RUN OUT --format program|onnx --seq-len 128
-    parcae infer export-hf RUN OUT                        a transformers-loadable copy
-
-RUN is a run / save_pretrained directory. Quality is validation bits per byte scored token by token
-through the cache (`infer.quality`), on the first --batches × --batch-size windows of --seq-len tokens.
+MODEL is a run / save_pretrained directory. Quality is validation bits per byte scored token by token
+through the cache (`infer.quality`), on the first --batches × --batch_size windows of --seq_len tokens.
 """
 
 from __future__ import annotations
 
-import argparse
+import io
 import json
+import os
 import time
 from pathlib import Path
+from typing import Literal
 
+import torch
+from jsonargparse.typing import PositiveInt
+
+from parcae_lm.checkpoint import from_pretrained, load_run
+from parcae_lm.data.default import prepare_default
 from parcae_lm.errors import ConfigError
+from parcae_lm.files import atomic_write_bytes, atomic_write_text
+from parcae_lm.infer.adaptive import ExitCriterion, ExitRule
+from parcae_lm.infer.export import export_onnx, export_program, quantize_int8, save_program, state_dict_bytes
+from parcae_lm.infer.quality import adaptive_sweep, plot_quality_compute, stepwise_bpb, validation_batches
+from parcae_lm.model import CacheStrategy, Decoder, LanguageModel
+from parcae_lm.runtime import resolve_device
+
+DEFAULT_STRATEGIES = ("full", "last", "first-last", "ring-2")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    grp = subparsers.add_parser("infer", help="adaptive depth, KV-cache strategies, quantization, export")
-    sub = grp.add_subparsers(dest="infer", metavar="WHAT")
+def adaptive_eval(
+    model: str,
+    /,
+    *,
+    thresholds: list[float],
+    criterion: ExitCriterion = ExitCriterion.STATE,
+    max_steps: PositiveInt | None = None,
+    cache: str = "full",
+    plot: Path | None = None,
+    shard_dir: Path | None = None,
+    tokenizer: Path | None = None,
+    seq_len: PositiveInt = 128,
+    batch_size: PositiveInt = 8,
+    batches: PositiveInt = 2,
+    threads: PositiveInt | None = None,
+    device: str = "auto",
+    out: Path | None = None,
+) -> None:
+    """Bits per byte vs mean iterations per token, over exit thresholds of an adaptive-depth rule.
 
-    def data_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("model", help="run / save_pretrained directory")
-        p.add_argument("--shards", default=None, help="shard directory (default: the prepared Shakespeare)")
-        p.add_argument("--tokenizer", default=None, help="tokenizer directory (default MODEL/tokenizer)")
-        p.add_argument("--seq-len", type=int, default=128)
-        p.add_argument("--batch-size", type=int, default=8)
-        p.add_argument("--batches", type=int, default=2)
-        p.add_argument("--threads", type=int, default=None)
-        p.add_argument("--json", default=None, help="write the results to this JSON file")
-
-    p = sub.add_parser("adaptive-eval", help="bpb vs mean iterations per token over exit thresholds")
-    data_args(p)
-    p.add_argument("--criterion", default="state", choices=["state", "kl"])
-    p.add_argument("--thresholds", required=True, help="comma-separated τ values")
-    p.add_argument("--max-steps", type=int, default=None, help="iteration cap (default mean_recurrence)")
-    p.add_argument("--cache", default="full", help="cache strategy: full, last, first-last, ring-N")
-    p.add_argument("--plot", default=None, help="write the quality/compute curve to this PNG")
-    p.set_defaults(func=cmd_adaptive_eval)
-
-    p = sub.add_parser("cache-eval", help="bpb and memory of KV-cache strategies")
-    data_args(p)
-    p.add_argument("--strategies", default="full,last,first-last,ring-2")
-    p.add_argument("--num-steps", type=int, default=None)
-    p.set_defaults(func=cmd_cache_eval)
-
-    p = sub.add_parser("quantize", help="int8 dynamic quantization: decode speed, size and bpb vs fp32")
-    data_args(p)
-    p.add_argument("--out", default=None, help="save the quantized state dict here (torch.save)")
-    p.add_argument("--new-tokens", type=int, default=64, help="decode steps timed at batch 1")
-    p.set_defaults(func=cmd_quantize)
-
-    p = sub.add_parser("export", help="torch.export program (.pt2) or ONNX graph of the fixed-depth forward")
-    p.add_argument("model")
-    p.add_argument("out")
-    p.add_argument("--format", default="program", choices=["program", "onnx"])
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--num-steps", type=int, default=None)
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("export-hf", help="write a copy loadable with transformers' AutoModelForCausalLM")
-    p.add_argument("model")
-    p.add_argument("out")
-    p.set_defaults(func=cmd_export_hf)
-
-
-# --------------------------------------------------------------------------------------------------
-def _setup(args):
-    import torch
-
-    from parcae_lm.checkpoint import load_run
-    from parcae_lm.infer.quality import validation_batches
-
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be ≥ 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    for name in ("seq_len", "batch_size", "batches"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
-    run = load_run(args.model, tokenizer=args.tokenizer)
-    model, token_bytes = run.model, run.tokenizer.token_bytes()
-    shards = args.shards
-    if shards is None:
-        from parcae_lm.data.default import prepare_default
-
-        _, shards = prepare_default(vocab_size=model.config.vocab_size, progress=False)
-    if args.seq_len > model.config.block_size:
-        raise ConfigError(
-            f"--seq-len {args.seq_len} exceeds the model's block_size={model.config.block_size}"
-        )
-    batches = validation_batches(shards, args.seq_len, args.batch_size, args.batches)
-    return model, token_bytes, batches
-
-
-def _write_json(path: str | None, payload) -> None:
-    if path:
-        from parcae_lm.files import atomic_write_text
-
-        atomic_write_text(Path(path), json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {path}")
-
-
-def _parse_floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from None
-
-
-def cmd_adaptive_eval(args) -> int:
-    from parcae_lm.infer.adaptive import ExitCriterion, ExitRule
-    from parcae_lm.infer.quality import adaptive_sweep, plot_quality_compute
-    from parcae_lm.model import CacheStrategy
-
-    thresholds = _parse_floats(args.thresholds, "--thresholds")
-    criterion = ExitCriterion(args.criterion)
+    Args:
+        model: A run / save_pretrained directory.
+        thresholds: Exit thresholds τ to sweep, e.g. [0.01,0.02,0.05].
+        criterion: What the threshold is compared with: state (relative change of the recurrent state),
+            kl (KL divergence between successive predictions) or budget (fixed depth).
+        max_steps: Iteration cap (default: the model's mean_recurrence).
+        cache: KV cache strategy: full, last, first-last or ring-N.
+        plot: Write the quality/compute curve to this PNG.
+        shard_dir: Shard directory (default: the prepared Shakespeare shards).
+        tokenizer: Tokenizer directory (default: MODEL/tokenizer).
+        seq_len: Tokens per scored window.
+        batch_size: Windows per batch.
+        batches: Batches scored.
+        threads: CPU threads for torch (default: torch's choice).
+        device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
+        out: Write the results to this JSON file.
+    """
     for t in thresholds:
-        ExitRule(criterion, t, args.max_steps)  # validate every threshold before the long run
-    strategy = CacheStrategy.parse(args.cache)
-    model, token_bytes, batches = _setup(args)
+        ExitRule(criterion, t, max_steps)  # validate every threshold before the long run
+    strategy = CacheStrategy.parse(cache)
+    lm, token_bytes, data = _setup(model, shard_dir, tokenizer, seq_len, batch_size, batches, threads, device)
     t0 = time.time()
-    results = adaptive_sweep(model, batches, token_bytes, criterion, thresholds, args.max_steps, strategy)
-    base = next(r for r in results if r.label == f"fixed-{args.max_steps or model.config.mean_recurrence}")
+    results = adaptive_sweep(lm, data, token_bytes, criterion, thresholds, max_steps, strategy)
+    base = next(r for r in results if r.label == f"fixed-{max_steps or lm.config.mean_recurrence}")
     print(f"{'rule':>14} {'bpb':>8} {'Δbpb':>7} {'mean iters':>10} {'of full':>7}")
     for r in results:
         delta = r.bits_per_byte / base.bits_per_byte - 1
@@ -135,24 +82,48 @@ def cmd_adaptive_eval(args) -> int:
             f"{r.core_flops_fraction:>7.1%}"
         )
     print(f"{results[0].tokens} scored tokens per rule, cache {strategy}, {time.time() - t0:.0f} s")
-    if args.plot:
-        plot_quality_compute(results, args.plot, f"adaptive depth ({criterion.value}), cache {strategy}")
-        print(f"wrote {args.plot}")
-    _write_json(args.json, [r.to_dict() for r in results])
-    return 0
+    if plot is not None:
+        plot_quality_compute(results, plot, f"adaptive depth ({criterion.value}), cache {strategy}")
+        print(f"wrote {plot}")
+    _write_json(out, [r.to_dict() for r in results])
 
 
-def cmd_cache_eval(args) -> int:
-    from parcae_lm.infer.adaptive import ExitRule
-    from parcae_lm.infer.quality import stepwise_bpb
-    from parcae_lm.model import CacheStrategy
+def cache_eval(
+    model: str,
+    /,
+    *,
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES,
+    recurrence: PositiveInt | None = None,
+    shard_dir: Path | None = None,
+    tokenizer: Path | None = None,
+    seq_len: PositiveInt = 128,
+    batch_size: PositiveInt = 8,
+    batches: PositiveInt = 2,
+    threads: PositiveInt | None = None,
+    device: str = "auto",
+    out: Path | None = None,
+) -> None:
+    """Bits per byte and memory of KV-cache strategies, against the first one.
 
-    strategies = [CacheStrategy.parse(s.strip()) for s in args.strategies.split(",") if s.strip()]
-    if not strategies:
+    Args:
+        model: A run / save_pretrained directory.
+        strategies: Cache strategies to compare: full, last, first-last, ring-N.
+        recurrence: Test-time recurrence (default: the model's mean_recurrence).
+        shard_dir: Shard directory (default: the prepared Shakespeare shards).
+        tokenizer: Tokenizer directory (default: MODEL/tokenizer).
+        seq_len: Tokens per scored window.
+        batch_size: Windows per batch.
+        batches: Batches scored.
+        threads: CPU threads for torch (default: torch's choice).
+        device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
+        out: Write the results to this JSON file.
+    """
+    parsed = [CacheStrategy.parse(s.strip()) for s in strategies if s.strip()]
+    if not parsed:
         raise ConfigError("--strategies is empty")
-    model, token_bytes, batches = _setup(args)
-    rule = ExitRule(threshold=0.0, max_steps=args.num_steps)
-    results = [stepwise_bpb(model, batches, token_bytes, rule, s, str(s), progress=True) for s in strategies]
+    lm, token_bytes, data = _setup(model, shard_dir, tokenizer, seq_len, batch_size, batches, threads, device)
+    rule = ExitRule(threshold=0.0, max_steps=recurrence)
+    results = [stepwise_bpb(lm, data, token_bytes, rule, s, str(s), progress=True) for s in parsed]
     base = results[0]
     print(f"{'cache':>11} {'bpb':>8} {'Δbpb':>7} {'KV MiB':>7} {'of ' + base.label:>8}")
     for r in results:
@@ -160,29 +131,49 @@ def cmd_cache_eval(args) -> int:
             f"{r.label:>11} {r.bits_per_byte:>8.4f} {r.bits_per_byte / base.bits_per_byte - 1:>+7.2%} "
             f"{r.kv_cache_bytes / 2**20:>7.2f} {r.kv_cache_bytes / base.kv_cache_bytes:>8.1%}"
         )
-    print(f"{base.tokens} scored tokens, batch {args.batch_size} × {args.seq_len} positions")
-    _write_json(args.json, [r.to_dict() for r in results])
-    return 0
+    print(f"{base.tokens} scored tokens, batch {batch_size} × {seq_len} positions")
+    _write_json(out, [r.to_dict() for r in results])
 
 
-def cmd_quantize(args) -> int:
-    import torch
+def quantize(
+    model: str,
+    /,
+    *,
+    save: Path | None = None,
+    new_tokens: PositiveInt = 64,
+    shard_dir: Path | None = None,
+    tokenizer: Path | None = None,
+    seq_len: PositiveInt = 128,
+    batch_size: PositiveInt = 8,
+    batches: PositiveInt = 2,
+    threads: PositiveInt | None = None,
+    out: Path | None = None,
+) -> None:
+    """int8 dynamic quantization (CPU): decode speed, size and bits per byte against fp32.
 
-    from parcae_lm.infer.export import quantize_int8, state_dict_bytes
-    from parcae_lm.infer.quality import stepwise_bpb
-    from parcae_lm.model import Decoder
-
-    model, token_bytes, batches = _setup(args)
-    qmodel = quantize_int8(model)
+    Args:
+        model: A run / save_pretrained directory.
+        save: Save the quantized state dict here (torch.save).
+        new_tokens: Decode steps timed at batch 1.
+        shard_dir: Shard directory (default: the prepared Shakespeare shards).
+        tokenizer: Tokenizer directory (default: MODEL/tokenizer).
+        seq_len: Tokens per scored window.
+        batch_size: Windows per batch.
+        batches: Batches scored.
+        threads: CPU threads for torch (default: torch's choice).
+        out: Write the results to this JSON file.
+    """
+    lm, token_bytes, data = _setup(model, shard_dir, tokenizer, seq_len, batch_size, batches, threads, "cpu")
+    qmodel = quantize_int8(lm)
     rows = []
-    for name, m in (("fp32", model), ("int8-dynamic", qmodel)):
-        r = stepwise_bpb(m, batches, token_bytes, label=name, progress=True)
-        eng = Decoder(m, 1, 16 + args.new_tokens)
-        logits = eng.prefill(torch.zeros(1, 16, dtype=torch.long))
+    for name, m in (("fp32", lm), ("int8-dynamic", qmodel)):
+        r = stepwise_bpb(m, data, token_bytes, label=name, progress=True)
+        dec = Decoder(m, 1, 16 + new_tokens)
+        logits = dec.prefill(torch.zeros(1, 16, dtype=torch.long))
         t0 = time.perf_counter()
-        for _ in range(args.new_tokens):
-            logits = eng.step(logits.argmax(-1))
-        tps = args.new_tokens / (time.perf_counter() - t0)
+        for _ in range(new_tokens):
+            logits = dec.step(logits.argmax(-1))
+        tps = new_tokens / (time.perf_counter() - t0)
         rows.append(
             {"model": name, "bpb": r.bits_per_byte, "decode_tok_s": tps, "bytes": state_dict_bytes(m)}
         )
@@ -193,36 +184,77 @@ def cmd_quantize(args) -> int:
             f"{row['model']:>13} {row['bpb']:>8.4f} {row['bpb'] / base['bpb'] - 1:>+7.2%} "
             f"{row['decode_tok_s']:>12.1f} {row['bytes'] / 2**20:>8.2f}"
         )
-    if args.out:
-        import io
-
-        from parcae_lm.files import atomic_write_bytes
-
+    if save is not None:
         buf = io.BytesIO()
         torch.save(qmodel.state_dict(), buf)
-        atomic_write_bytes(Path(args.out), buf.getvalue())
-        print(f"wrote {args.out}")
-    _write_json(args.json, rows)
-    return 0
+        atomic_write_bytes(save, buf.getvalue())
+        print(f"wrote {save}")
+    _write_json(out, rows)
 
 
-def cmd_export(args) -> int:
-    import os
+def export(
+    model: str,
+    out: Path,
+    /,
+    *,
+    format: Literal["program", "onnx"] = "program",
+    seq_len: PositiveInt = 128,
+    recurrence: PositiveInt | None = None,
+) -> None:
+    """torch.export program (.pt2) or ONNX graph of the fixed-depth forward.
 
-    from parcae_lm.checkpoint import from_pretrained
-    from parcae_lm.infer.export import export_onnx, export_program, save_program
-
-    model = from_pretrained(args.model)
-    if args.format == "onnx":
-        path = export_onnx(model, args.out, args.seq_len, args.num_steps)
+    Args:
+        model: A run / save_pretrained directory.
+        out: Output file.
+        format: program (torch.export, .pt2) or onnx (needs the 'export' extra).
+        seq_len: Sequence length the graph is traced for (the batch stays dynamic).
+        recurrence: Test-time recurrence baked into the graph (default: the model's mean_recurrence).
+    """
+    lm = from_pretrained(model)
+    if format == "onnx":
+        path = export_onnx(lm, out, seq_len, recurrence)
     else:
-        path = save_program(export_program(model, args.seq_len, args.num_steps), args.out)
+        path = save_program(export_program(lm, seq_len, recurrence), out)
     print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
-    return 0
 
 
-def cmd_export_hf(args) -> int:
-    from parcae_lm.infer.hf import export_hf
+def export_hf(model: Path, out: Path, /) -> None:
+    """Write a copy of a saved model loadable with transformers' AutoModelForCausalLM.
 
-    print(f"wrote {export_hf(args.model, args.out)}")
-    return 0
+    Args:
+        model: A run / save_pretrained directory.
+        out: Output directory.
+    """
+    from parcae_lm.infer.hf import export_hf as write_hf_copy  # transformers: the optional 'hf' extra
+
+    print(f"wrote {write_hf_copy(model, out)}")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _setup(
+    model: str,
+    shard_dir: Path | None,
+    tokenizer: Path | None,
+    seq_len: int,
+    batch_size: int,
+    batches: int,
+    threads: int | None,
+    device: str,
+) -> tuple[LanguageModel, torch.Tensor, list]:
+    if threads is not None:
+        torch.set_num_threads(threads)
+    run = load_run(model, device=resolve_device(device), tokenizer=tokenizer)
+    lm = run.model
+    if seq_len > lm.config.block_size:
+        raise ConfigError(f"--seq_len {seq_len} exceeds the model's block_size={lm.config.block_size}")
+    if shard_dir is None:
+        _, shard_dir = prepare_default(vocab_size=lm.config.vocab_size, progress=False)
+    return lm, run.tokenizer.token_bytes(), validation_batches(shard_dir, seq_len, batch_size, batches)
+
+
+def _write_json(path: Path | None, payload: list) -> None:
+    if path is not None:
+        atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {path}")

@@ -1,62 +1,33 @@
-"""`parcae train [--config NAME_OR_PATH] [--group.field VALUE ...] [--model.field VALUE ...]`
-
-With no arguments: fetch the Shakespeare corpus, train a tokenizer, write shards, train the default tiny
-Parcae on this machine within 10 minutes, evaluate validation bits per byte, write the run directory and
-print where everything is. --config names a packaged run config (`tiny`, `parcae-small-140m`, ...) or a
-YAML file; every other option overrides one of its settings. Multi-process:
-`torchrun --nproc_per_node N --no-python parcae train --config NAME ...`.
-"""
+"""`parcae train`: the run config's options (`--config NAME_OR_PATH`, `--group.field VALUE`)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from typing import Any
 
-from parcae_lm.config.train import load_run_config, packaged_config_names, run_parser
-from parcae_lm.train.run import train
-
-HELP_FLAGS = ("-h", "--help")
-
-
-def register(subparsers) -> None:
-    # The options are parsed by jsonargparse (run_parser) inside `run`; the dispatcher's argparse hands the
-    # tokens through untouched: with '+' as its only prefix, no '--...' token is an option to it.
-    p = subparsers.add_parser(
-        "train",
-        help="train a model (default: the tiny Parcae on Shakespeare, <= 10 min on CPU)",
-        description=__doc__,
-        prefix_chars="+",
-        add_help=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("args", nargs="*", metavar="[--config NAME_OR_PATH] [--group.field VALUE ...]")
-    p.set_defaults(func=run)
+from parcae_lm.cli.command import options_of
+from parcae_lm.config.train import load_run_config, run_parser
+from parcae_lm.train.run import train as run_training
 
 
-def help_text() -> str:
-    parser = run_parser()
-    return "\n".join(
-        [
-            __doc__.strip(),
-            "",
-            "packaged configs: " + ", ".join(packaged_config_names()),
-            "",
-            parser.format_help(),
-        ]
-    )
+@options_of(run_parser)
+def train(settings: dict[str, Any]) -> None:
+    """Train a model (default: the tiny Parcae on Shakespeare, <= 10 min on CPU).
 
-
-def run(args: argparse.Namespace) -> int:
+    With no options: fetch the Shakespeare corpus, train a tokenizer, write shards, train the default tiny
+    Parcae on this machine within 10 minutes, evaluate validation bits per byte, write the run directory
+    and print where everything is. --config names a packaged run config (tiny, tiny-gpt,
+    parcae-small-140m, ...) or a YAML file; every other option overrides one of its settings (lists as
+    [1,2], a budget given here replaces the config's). Multi-process:
+    `torchrun --nproc_per_node N --no-python parcae train --config NAME ...`.
+    """
     start = time.time()
-    tokens = list(args.args)
-    if any(t in HELP_FLAGS for t in tokens):
-        print(help_text())
-        return 0
-    result = train(load_run_config(None, tokens), start_time=start)
+    settings = dict(settings)
+    base = settings.pop("config", None)
+    result = run_training(load_run_config(base, settings), start_time=start)
     if result.summary:
         print_summary(result.summary)
-    return 0
 
 
 def print_summary(s: dict) -> None:

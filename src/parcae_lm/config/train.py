@@ -399,17 +399,19 @@ def default_run_name(config_name: str) -> str:
     return f"{config_name}-{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M%S')}"
 
 
-def model_overrides(model_name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """`overrides` typed against the named model config's dataclass fields; unknown fields are errors."""
-    cls = type(create_config(model_name))
+def model_overrides(model_name: str | type[ModelConfig], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`overrides` typed against the named model config's dataclass fields (or those of a config class, for
+    a saved model's config); unknown fields are errors."""
+    cls = model_name if isinstance(model_name, type) else type(create_config(model_name))
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"model: expected a mapping of {cls.__name__} fields, got {overrides!r}")
     known = {f.name for f in dataclasses.fields(cls)} - {"name"}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ConfigError(
-            f"unknown model field {unknown[0]!r} for {cls.__name__} ({model_name}); "
-            f"known: {', '.join(sorted(known))}"
+            f"unknown model field {unknown[0]!r} for {cls.__name__}"
+            + ("" if isinstance(model_name, type) else f" ({model_name})")
+            + f"; known: {', '.join(sorted(known))}"
         )
     try:
         parsed = _model_parser(cls).parse_object(dict(overrides), defaults=False)

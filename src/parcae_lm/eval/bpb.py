@@ -91,7 +91,7 @@ def evaluate_bpb(
 ) -> list[BpbResult]:
     """Loss / perplexity / bpb at every depth, reading the data once (each batch runs at every depth)."""
     if max_tokens is not None and max_tokens < 1:
-        raise EvalError(f"--max-tokens must be >= 1, got {max_tokens}")
+        raise EvalError(f"--max_tokens must be >= 1, got {max_tokens}")
     names = list(depth_names) if depth_names is not None else [str(d) for d in depths]
     sums = [_Sums() for _ in depths]
     was_training = model.training

@@ -1,6 +1,6 @@
 """CORE and Core-Extended scoring (DCLM's in-context-learning protocol, as nanochat and the reference run it).
 
-Per task: shuffle the examples with Random(1337) (then keep the first --max-per-task), render each one
+Per task: shuffle the examples with Random(1337) (then keep the first --max_per_task), render each one
 after k few-shot demonstrations drawn with Random(seed + index) from the task's other examples, prepend
 BOS, left-truncate to the model's block size, and score:
 
@@ -191,7 +191,7 @@ def task_rows(
     max_len: int,
 ) -> list[Row]:
     """Rows for the first n_eval examples of the shuffled pool; few-shot shots come from the whole pool,
-    so a --max-per-task run scores exactly the prompts a full run would for those examples."""
+    so a --max_per_task run scores exactly the prompts a full run would for those examples."""
     bos = bos_token(tokenizer)
     rows: list[Row] = []
     for idx in range(n_eval):
@@ -289,9 +289,9 @@ def evaluate_suite(
     each scoring pass so models with random initial states are deterministic for a given seed.
     """
     if batch_size < 1:
-        raise EvalError(f"--batch-size must be >= 1, got {batch_size}")
+        raise EvalError(f"--batch_size must be >= 1, got {batch_size}")
     if max_per_task is not None and max_per_task < 1:
-        raise EvalError(f"--max-per-task must be >= 1, got {max_per_task}")
+        raise EvalError(f"--max_per_task must be >= 1, got {max_per_task}")
     if not seeds:
         raise EvalError("at least one seed is needed")
     specs = suite_tasks(suite)

@@ -74,10 +74,10 @@ def evaluate_lambada(
     max_examples: int | None = None,
 ) -> list[LambadaResult]:
     if batch_size < 1:
-        raise EvalError(f"--batch-size must be >= 1, got {batch_size}")
+        raise EvalError(f"--batch_size must be >= 1, got {batch_size}")
     if max_examples is not None:
         if max_examples < 1:
-            raise EvalError(f"--max-per-task must be >= 1, got {max_examples}")
+            raise EvalError(f"--max_per_task must be >= 1, got {max_examples}")
         pairs = pairs[:max_examples]  # the file's order, so a subsample is a prefix of the full run
     if not pairs:
         raise EvalError("no LAMBADA examples")

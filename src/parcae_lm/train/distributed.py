@@ -1,6 +1,6 @@
 """torchrun / Slurm process-group setup and model wrapping (DDP or FSDP2).
 
-Launch with `torchrun --nproc_per_node N -m parcae_lm.cli train ...`: the rank/world come from the
+Launch with `torchrun --nproc_per_node N -m parcae_lm train ...`: the rank/world come from the
 environment torchrun sets (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT). gloo on CPU, NCCL on GPU.
 """
 
