@@ -39,7 +39,7 @@ def test_the_table_has_every_command():
         "generate",
         "info",
         "sweep",
-        *(f"eval {c}" for c in ["bpb", "core", "core-extended", "lambada", "fetch"]),
+        *(f"eval {c}" for c in ["bpb", "core", "core-extended", "lambada", "fetch", "parity", "anchor"]),
         *(f"data {c}" for c in ["prepare", "default", "fetch-fineweb", "info"]),
         "tokenizer train",
         "bench train",

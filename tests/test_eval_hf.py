@@ -139,3 +139,51 @@ def test_is_hf_model_tells_the_kinds_apart(tiny_gpt2, tmp_path):
     export.mkdir()
     (export / "config.json").write_text(json.dumps({"model_type": "parcae"}))  # parcae-lm's own export
     assert not is_hf_model(export) and not is_hf_model(tmp_path / "missing" / "dir")
+
+
+# ------------------------------------------------------------------------------------------ the CLI
+
+
+def test_eval_commands_take_a_transformers_model(tiny_gpt2, tmp_path, monkeypatch, capsys):
+    from parcae_lm.cli import main
+    from parcae_lm.cli.command import UsageError
+    from parcae_lm.cli.eval import _out
+    from test_eval_fakes import write_bundle
+
+    text = tmp_path / "t.txt"
+    text.write_text(TEXTS[1])
+    assert main(["eval", "bpb", str(tiny_gpt2), "--text", str(text), "--out", str(tmp_path / "b")]) == 0
+    (r,) = json.loads((tmp_path / "b" / "bpb.json").read_text())["results"]
+    assert r["num_bytes"] == len(TEXTS[1].encode("utf-8"))
+    assert main(["eval", "bpb", str(tiny_gpt2), "--shard_dir", str(tmp_path)]) == 2  # shards: parcae ids
+    assert main(["eval", "bpb", str(tiny_gpt2), "--text", str(text), "--tokenizer", str(tmp_path)]) == 2
+    with pytest.raises(UsageError, match="give --out"):  # a .gguf file or a hub id has no eval/ beside it
+        _out(tmp_path / "m.gguf", None)
+
+    mc = [{"query": f"Question: q{i}?\n", "choices": ["yes", "no"], "gold": i % 2} for i in range(5)]
+    bundle = write_bundle(
+        tmp_path / "bundle",
+        {
+            name: (f"x/{name}.jsonl", "multiple_choice", 10, "\nAnswer: ", 50, mc)
+            for name in ("piqa", "boolq")
+        },
+    )
+    args = ["eval", "core", str(tiny_gpt2), "--bundle", str(bundle), "--seeds", "[1]", "--num_fewshot", "0"]
+    assert main([*args, "--out", str(tmp_path / "c")]) == 0
+    core = json.loads((tmp_path / "c" / "core.json").read_text())
+    assert core["num_fewshot"] == 0 and set(core["results"][0]["tasks"]) == {"piqa", "boolq"}
+    lo, hi = core["results"][0]["tasks"]["piqa"]["accuracy_ci95"]
+    assert 0 <= lo <= core["results"][0]["tasks"]["piqa"]["accuracy"] <= hi <= 1
+
+    # the anchor command, with the tiny model standing in for Gemma
+    monkeypatch.setattr("parcae_lm.cli.eval.fetch_anchor_model", lambda: tiny_gpt2)
+    assert (
+        main(["eval", "anchor", "--bundle", str(bundle), "--max_per_task", "4", "--out", str(tmp_path / "a")])
+        == 0
+    )
+    rows = json.loads((tmp_path / "a" / "anchor.json").read_text())["tasks"]
+    assert [r["task"] for r in rows] == ["piqa", "boolq"] and all(r["examples"] == 4 for r in rows)
+    for r in rows:
+        assert r["ci95"][0] <= r["accuracy"] <= r["ci95"][1]
+        assert r["difference"] == pytest.approx(r["accuracy"] - r["model_card"])
+    assert "model card %" in (tmp_path / "a" / "anchor.md").read_text()

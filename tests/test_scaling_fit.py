@@ -335,6 +335,7 @@ def test_cli_isoflop_and_parametric(tmp_path, capsys):
 
     # N_eff computed from the μ column (--core-params/--other-params) equals the n_eff column.
     args = ["fit", "parametric", str(tmp_path / "runs.csv"), "--n_starts", "4", "--n_candidates", "512"]
+    args += ["--n_boot", "10"]
     assert main([*args, "--out", str(tmp_path / "p1")]) == 0
     assert (
         main([*args, "--out", str(tmp_path / "p2"), "--core_params", "1.4e7", "--other_params", "5e7"]) == 0
@@ -363,6 +364,7 @@ def test_cli_testtime_unified_and_errors(tmp_path, capsys):
     mu, n, d, t, loss = unified_data(noise=0.0)
     write_csv(tmp_path / "all.csv", [dict(zip(names, r)) for r in zip(mu, n, d, t, loss)])
     argv = ["fit", "unified", str(tmp_path / "all.csv"), "--out", str(tmp_path / "u"), "--n_starts", "4"]
+    argv += ["--n_boot", "0"]
     assert main(argv) == 0
     u = json.loads((tmp_path / "u" / "unified.json").read_text())["result"]
     assert u["z"] == pytest.approx(1.5, rel=1e-3) and u["gamma"] == 1.0
@@ -431,6 +433,19 @@ def test_isoflop_three_runs_per_budget_has_no_interval():
     text = markdown_isoflop(fit)
     assert "no interval" in text and "warning:" in text
     assert json.loads(json.dumps(fit.to_dict()))["power_law"]["exponent_ci"] is None
+
+
+def test_cli_isoflop_prints_why_there_is_no_interval(tmp_path, capsys):
+    rows = [r for r in isoflop_rows(sigma=0.01) if r["mean_recurrence"] in (2, 6, 12)]  # 3 runs per budget
+    write_csv(tmp_path / "runs.csv", rows)
+    assert main(["fit", "isoflop", str(tmp_path / "runs.csv"), "--out", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out
+    assert "no interval" in printed and "warning:" in printed and "only 3 distinct" in printed
+    result = json.loads((tmp_path / "o" / "isoflop.json").read_text())["result"]
+    assert result["mean_recurrence"]["power_law"]["exponent_ci"] is None
+    assert (
+        result["mean_recurrence"]["warnings"] and (tmp_path / "o" / "powerlaw_mean_recurrence.png").is_file()
+    )
 
 
 def test_isoflop_warns_about_an_extrapolated_vertex_and_reports_bootstrap_drops():

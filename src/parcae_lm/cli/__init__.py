@@ -19,6 +19,8 @@ COMMANDS = {
             "core-extended": eval.core_extended,
             "lambada": eval.lambada,
             "fetch": eval.fetch,
+            "parity": eval.parity,
+            "anchor": eval.anchor,
         },
     ),
     "data": Group(

@@ -24,6 +24,7 @@ import torch
 
 from parcae_lm.download import RegistryFile, cache_dir, fetch_registry_file
 from parcae_lm.errors import DownloadError
+from parcae_lm.eval.core import SuiteScore
 from parcae_lm.eval.hf_model import load_hf_model
 from parcae_lm.files import file_lock, publish_file, replace_dir, sha256_file
 
@@ -123,3 +124,27 @@ def fetch_anchor_model() -> Path:
             tok.hf.save_pretrained(staged)
             replace_dir(staged, hf_dir)
     return hf_dir
+
+
+def compare_with_card(score: SuiteScore) -> list[dict]:
+    """Per model-card task: our accuracy with its Wilson interval beside the card's number (percent)."""
+    rows = []
+    for card in MODEL_CARD:
+        task = score.to_json()["tasks"].get(card.label)
+        if task is None:
+            continue
+        lo, hi = task["accuracy_ci95"]
+        rows.append(
+            {
+                "task": card.label,
+                "benchmark": card.benchmark,
+                "shots": card.shots,
+                "examples": task["num_examples"],
+                "accuracy": 100 * task["accuracy"],
+                "ci95": [100 * lo, 100 * hi],
+                "model_card": card.accuracy,
+                "difference": 100 * task["accuracy"] - card.accuracy,
+                "card_inside_ci": 100 * lo <= card.accuracy <= 100 * hi,
+            }
+        )
+    return rows
