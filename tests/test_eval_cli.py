@@ -130,7 +130,9 @@ def test_parity_command_writes_the_comparison(runs, tmp_path, capsys):
     (ref / "reading_comprehension" / "boolq.jsonl").write_text("\n".join(lines[::-1]) + "\n")  # reversed
     args = ["eval", "parity", str(ref), "--bundle", str(runs["bundle"]), "--suite", "core"]
     assert main([*args, "--out", str(tmp_path / "p")]) == 0
-    rows = {r["label"]: r for r in json.loads((tmp_path / "p" / "parity.json").read_text())["tasks"]}
+    payload = json.loads((tmp_path / "p" / "parity.json").read_text())
+    assert payload["bundle"] == {"source": "dclm"} and payload["reference"] == str(ref)  # no cache path
+    rows = {r["label"]: r for r in payload["tasks"]}
     assert rows["boolq"]["identical_share"] == 1.0 and rows["boolq"]["same_position_share"] == 0.0
     assert rows["lambada_openai"]["reference"] is None and rows["copa"]["ours"] is None
     assert "| boolq | 6 | 6 | 100.00% | 0.00% |" in (tmp_path / "p" / "parity.md").read_text()

@@ -303,7 +303,7 @@ def parity(
         raise EvalError(f"reference directory not found: {reference}")
     built = load_bundle(bundle) if bundle is not None else load_bundle(bundle_dir(BundleSource.PYPI))
     rows = compare_bundle(built, reference, suite_tasks(suite))
-    payload = {"bundle": str(built.root), "reference": str(reference), "suite": suite.value}
+    payload = {"bundle": built.provenance(), "reference": str(reference), "suite": suite.value}
     payload["tasks"] = [r.to_dict() for r in rows]
     md = f"# Parity of the rebuilt {suite.value} task files with DCLM's\n\n" + markdown_parity(rows)
     write_json(out / "parity.json", payload)
@@ -347,7 +347,12 @@ def anchor(
         num_fewshot=0,
     )
     rows = compare_with_card(score)
-    payload = {"model": ANCHOR_NAME, "bundle": str(tasks.root), "max_per_task": max_per_task, "tasks": rows}
+    payload = {
+        "model": ANCHOR_NAME,
+        "bundle": tasks.provenance(),
+        "max_per_task": max_per_task,
+        "tasks": rows,
+    }
     md = f"# {ANCHOR_NAME} (pre-trained), zero-shot, on this harness\n\n" + markdown_table(
         ["task", "examples", "accuracy %", "95% CI", "model card %", "difference", "card inside CI"],
         [

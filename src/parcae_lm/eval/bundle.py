@@ -183,6 +183,18 @@ class EvalBundle:
     def data_dir(self) -> Path:
         return self.root / "eval_data"
 
+    def provenance(self) -> dict:
+        """Where the task files come from, for result files: a rebuild's build_info.json (source, variant,
+        pinned packages), else DCLM's bundle (no build_info.json). Never a path of this machine."""
+        info = self.root / "build_info.json"
+        if not info.is_file():
+            return {"source": BundleSource.DCLM.value}
+        try:
+            built = json.loads(info.read_text())
+        except json.JSONDecodeError as e:
+            raise EvalError(f"{info} is not valid JSON: {e}") from None
+        return {k: built.get(k) for k in ("source", "variant", "packages")}
+
     def resolve(self, specs: tuple[TaskSpec, ...]) -> ResolvedSuite:
         """Settings per task: core.yaml's entry if it lists the task, else the suite table's (as the
         reference does for Core-Extended); baseline from eval_meta_data.csv when it has the task."""
