@@ -40,7 +40,7 @@ def depth_sweep(
         model = from_pretrained(run_dir, device="cpu")
         tokenizer = Tokenizer.load(Path(run_dir) / "tokenizer")
         token_bytes = torch.as_tensor(tokenizer.token_bytes(), dtype=torch.long)
-        batches = shard_batches(shard_dir, "val", seq_len, 16)
+        batches = shard_batches(shard_dir, "val", seq_len, 16, tokenizer)
         results = evaluate_bpb(model, batches, token_bytes, depths=depths, max_tokens=max_tokens)
         for depth, res in zip(depths, results):
             out.append(

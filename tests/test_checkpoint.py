@@ -75,7 +75,11 @@ def test_roundtrip_is_exact(tmp_path):
     for name in ("parcae-micro", "gpt-micro"):
         model = _model(name)
         save_pretrained(model, tmp_path / name)
-        assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["config.json", "model.safetensors"]
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == [
+            "checksums.json",
+            "config.json",
+            "model.safetensors",
+        ]
         again = from_pretrained(tmp_path / name)
         assert again.config == model.config
         for (k, a), (k2, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):

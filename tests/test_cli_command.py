@@ -37,6 +37,7 @@ def test_the_table_has_every_command():
     assert names == {
         "train",
         "generate",
+        "serve",
         "info",
         "sweep",
         *(f"eval {c}" for c in ["bpb", "core", "core-extended", "lambada", "fetch", "parity", "anchor"]),

@@ -168,6 +168,7 @@ def test_decoder_rejects_training_mode():
 def test_bench_generate_numbers(model):
     r = bench_generate(model, prompt_len=8, new_tokens=6, batch_size=2, peak_flops=1e10, eager_tokens=3)
     assert r.decode_tokens_per_second > 0 and r.prefill_tokens_per_second > 0
+    assert 0 < r.end_to_end_tokens_per_second < r.decode_tokens_per_second  # the prefill counts too
     layers = len(model.new_kv_cache(2, 14).layers())
     assert (
         r.kv_cache_bytes
@@ -210,3 +211,150 @@ def test_bench_generate_cli_compiled(tmp_path, capsys):
     (row,) = json.loads(out.read_text())
     assert row["compiled"] and row["compile_seconds"] > 0 and row["decode_tokens_per_second"] > 0
     assert "decode step compiled in" in capsys.readouterr().out
+
+
+# -- the user's path: pooled compiled decoders, bucketed lengths, the default policy ---------------------
+
+
+def test_cache_buckets_and_the_default_compile_policy(monkeypatch):
+    from parcae_lm.model import decode as D
+
+    assert [D.cache_length(n, 512) for n in (1, 64, 65, 300, 512)] == [64, 64, 128, 512, 512]
+    assert D.cache_length(100, 96) == 96  # never beyond the context
+    model = parcae_lm.create_model("parcae-micro").eval()
+    monkeypatch.setattr(D, "compile_supported", lambda device: True)
+    dec, give_back = D.checkout_decoder(model, 1, 20)
+    assert dec._compiled is None and dec.max_len == 20  # a fresh process decodes eagerly, exact length
+    give_back()
+    monkeypatch.setattr(D, "COMPILE_AFTER_SECONDS", 0.0)  # ... until it has decoded for a while
+    dec, give_back = D.checkout_decoder(model, 1, 20)
+    assert dec._compiled is not None and dec.max_len == 64
+    give_back()
+    again, give_back = D.checkout_decoder(model, 1, 50)  # another length in the same bucket: the same one
+    assert again is dec and D.compiled_decoders(model) == 0  # lent out
+    other, give_other = D.checkout_decoder(model, 1, 30)  # a concurrent caller gets its own
+    assert other is not dec
+    give_back()
+    give_other()
+    assert D.compiled_decoders(model) == 1
+    eager, _ = D.checkout_decoder(model, 1, 20, compiled=False)
+    assert eager._compiled is None
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_generate_compiles_once_per_bucket_for_any_prompt_or_length():
+    """model.generate(compiled=True) over new prompt lengths and max_new_tokens in one bucket: no new graph,
+    and the tokens of eager decoding."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = parcae_lm.create_model("parcae-micro", init_strategy="scaled").eval()
+    x = torch.randint(0, 97, (1, 20))
+    assert torch.equal(
+        model.generate(x[:, :5], 8, temperature=0, compiled=True), model.generate(x[:, :5], 8, temperature=0)
+    )
+    graphs = counters["stats"]["unique_graphs"]
+    for t, n in ((3, 20), (11, 7), (17, 40)):
+        got = model.generate(x[:, :t], n, temperature=0, compiled=True)
+        assert torch.equal(got, model.generate(x[:, :t], n, temperature=0, compiled=False))
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+# -- continuous batching ---------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_batch_decoder_rows_at_their_own_positions_and_depths(model):
+    """Rows of one batch at different prompt lengths and (Parcae) depths each decode as model.generate at
+    their own depth; a finished row's slot is refilled by moving the last row into it."""
+    from parcae_lm.model.decode import BatchDecoder
+
+    looped = model.config.is_parcae
+    depth = 4 if looped else None
+    bd = BatchDecoder(model, rows=4, max_len=40, num_steps=depth)
+    prompts = [torch.randint(0, 97, (t,)) for t in (3, 7, 5)]
+    depths = [1, 4, 2] if looped else [None] * 3
+
+    def ref(i: int, n: int) -> list[int]:
+        kw = {"num_steps": depths[i]} if looped else {}
+        return model.generate(prompts[i][None], n, temperature=0, **kw)[0, len(prompts[i]) :].tolist()
+
+    got: list[list[int]] = []
+    for row, p in enumerate(prompts):
+        got.append([int(bd.prefill(row, p, 0, depths[row])[:97].argmax())])
+    steps = torch.tensor([d or 1 for d in depths])
+    for _ in range(5):
+        pos = torch.tensor([len(p) + len(g) - 1 for p, g in zip(prompts, got)])
+        logits, its = bd.step(torch.tensor([g[-1] for g in got]), pos, steps)
+        for i in range(3):
+            got[i].append(int(logits[i, :97].argmax()))
+        if looped:
+            assert its.tolist() == depths
+    assert got == [ref(i, 6) for i in range(3)]
+    # Row 0 finishes; row 2 moves into its slot and goes on there, two rows now.
+    bd.move_row(2, 0)
+    prompts, got, depths = [prompts[2], prompts[1]], [got[2], got[1]], [depths[2], depths[1]]
+    for _ in range(3):
+        pos = torch.tensor([len(p) + len(g) - 1 for p, g in zip(prompts, got)])
+        logits, _ = bd.step(torch.tensor([g[-1] for g in got]), pos, torch.tensor([d or 1 for d in depths]))
+        for i in range(2):
+            got[i].append(int(logits[i, :97].argmax()))
+    assert got == [ref(i, 9) for i in range(2)]
+
+
+def test_row_steps_are_checked():
+    model = parcae_lm.create_model("parcae-micro").eval()
+    x = torch.randint(0, 97, (2, 1))
+    with pytest.raises(ValueError, match="kv_cache"):
+        model(x, row_steps=torch.tensor([1, 2]))
+    cache = model.new_kv_cache(2, 8)
+    with pytest.raises(ValueError, match="row_steps has shape"):
+        model(x, kv_cache=cache, input_pos=torch.tensor([0]), row_steps=torch.tensor([1]))
+    with pytest.raises(ValueError, match="one-token"):
+        model(
+            torch.randint(0, 97, (2, 3)),
+            kv_cache=cache,
+            input_pos=torch.arange(3),
+            row_steps=torch.tensor([1, 2]),
+            exit_threshold=torch.zeros(2),
+        )
+
+
+@torch.no_grad()
+def test_indexed_cache_writes_equal_index_copy(model):
+    """The write MPS falls back to (indexed assignment where index_copy_ is missing) fills the same cache."""
+    x = torch.randint(0, 97, (2, 10))
+    caches = [model.new_kv_cache(2, 16), model.new_kv_cache(2, 16)]
+    for c in caches[1].layers():
+        c.index_copy = False
+    outs = [model(x, kv_cache=c, input_pos=torch.arange(10), input_pos_maxp1=10)["logits"] for c in caches]
+    assert torch.equal(outs[0], outs[1])
+    assert all(
+        torch.equal(a.k, b.k) and torch.equal(a.v, b.v)
+        for a, b in zip(caches[0].layers(), caches[1].layers())
+    )
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_compiled_batch_decoder_equals_eager():
+    """The server's compiled batched step (rows at their own positions, depths and exit thresholds) gives
+    the eager step's logits and iteration counts, one graph per batch bucket."""
+    from parcae_lm.model.decode import BatchDecoder
+
+    torch.manual_seed(0)
+    model = parcae_lm.create_model("parcae-micro", init_strategy="scaled").eval()
+    fast, slow = (BatchDecoder(model, 4, 32, num_steps=3, compiled=c) for c in (True, False))
+    assert set(fast.precompile([2, 4])) == {2, 4}
+    prompts = [torch.randint(0, 97, (t,)) for t in (2, 5, 3)]
+    for bd in (fast, slow):
+        for row, p in enumerate(prompts):
+            bd.prefill(row, p, 0)
+    tokens = torch.randint(0, 97, (3,))
+    pos = torch.tensor([2, 5, 3])
+    for step in range(4):
+        kw = dict(steps=torch.tensor([1, 3, 2]), thresholds=torch.tensor([0.0, 0.3, 0.0]))
+        (a, ia), (b, ib) = fast.step(tokens, pos + step, **kw), slow.step(tokens, pos + step, **kw)
+        assert (a - b).abs().max() < 1e-4 and torch.equal(ia, ib)
+        tokens = a[:, :97].argmax(-1)

@@ -1,4 +1,4 @@
-"""int8 dynamic quantization and torch.export: outputs match eager within tolerance; bad input errors."""
+"""torch.export: outputs match eager within tolerance; bad input errors. (Quantisation: test_quantize.py.)"""
 
 from __future__ import annotations
 
@@ -7,47 +7,13 @@ import torch
 
 import parcae_lm
 from parcae_lm.errors import ConfigError
-from parcae_lm.infer.export import (
-    export_program,
-    load_program,
-    quantize_int8,
-    save_program,
-    state_dict_bytes,
-)
-from parcae_lm.infer.quality import stepwise_bpb
+from parcae_lm.infer.export import export_program, load_program, save_program
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
     return parcae_lm.create_model("parcae-micro", init_strategy="scaled").eval()
-
-
-@torch.no_grad()
-def test_int8_quantization_close_smaller_and_decoder_compatible(model):
-    q = quantize_int8(model)
-    assert type(model.lm_head) is torch.nn.Linear  # the original is untouched
-    x = torch.randint(0, 97, (2, 12))
-    ref, got = model(x)["logits"], q(x)["logits"]
-    assert (got - ref).abs().max() < 0.05 * ref.abs().max()
-    assert state_dict_bytes(q) < 0.6 * state_dict_bytes(model)
-    # Cached decoding drives the quantized Linears through their own kernels (one chunk: activations are
-    # quantized per call, so token-by-token steps differ from the parallel forward by quantization noise).
-    cached = q(x, kv_cache=q.new_kv_cache(2, 12), input_pos=torch.arange(12))["logits"]
-    assert (cached - got).abs().max() < 1e-4
-    y = torch.randint(0, 97, (2, 12))
-    tb = torch.ones(model.config.padded_vocab_size, dtype=torch.long)
-    b32, b8 = (stepwise_bpb(m, [(x, y)], tb).bits_per_byte for m in (model, q))
-    assert abs(b8 - b32) < 0.01 * b32
-
-
-def test_quantization_rejects_unsupported_dtype_and_device(model):
-    with pytest.raises(ConfigError, match="fp32"):
-        quantize_int8(parcae_lm.create_model("parcae-micro").to(torch.bfloat16).eval())
-    with torch.device("meta"):
-        meta = parcae_lm.create_model("parcae-micro").eval()
-    with pytest.raises(ConfigError, match="CPU only"):
-        quantize_int8(meta)
 
 
 @torch.no_grad()

@@ -188,9 +188,10 @@ def test_run_directory_end_to_end_via_cli(data, tmp_path, capsys):
     from parcae_lm.eval.bpb import evaluate_bpb, shard_batches
     from parcae_lm.tokenizer import Tokenizer
 
-    token_bytes = torch.as_tensor(Tokenizer.load(run / "tokenizer").token_bytes())
+    tokenizer = Tokenizer.load(run / "tokenizer")
+    token_bytes = torch.as_tensor(tokenizer.token_bytes())
     (res,) = evaluate_bpb(
-        from_pretrained(run), shard_batches(shard_dir, "val", 32, 2), token_bytes, depths=[3]
+        from_pretrained(run), shard_batches(shard_dir, "val", 32, 2, tokenizer), token_bytes, depths=[3]
     )
     assert res.loss == pytest.approx(summary["val"]["loss_d3"], rel=1e-5)
     assert res.bits_per_byte == pytest.approx(summary["val_bpb"], rel=1e-5)

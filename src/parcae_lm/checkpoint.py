@@ -7,6 +7,11 @@ Accepted on load: a local directory or a hub id; `config.json` with or without `
 present (checked against our RoPE table) or not; a tied head under `lm_head.weight`, `transformer.wte.weight`
 or both. Loading is strict: missing or unexpected keys and shape mismatches raise CheckpointError naming
 them. Pickles are opened with `weights_only=True` only.
+
+Verified: `save_pretrained` records the sha256 of the weight file in `checksums.json`; loading recomputes it
+(about a second per GB) and refuses a file that no longer matches, and refuses weights holding NaN or inf,
+naming the file and the tensor. `allow_unverified=True` loads such a model anyway (with a warning).
+Directories without `checksums.json` (the authors' checkpoints, older exports) get the finiteness check only.
 """
 
 from __future__ import annotations
@@ -14,22 +19,27 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from parcae_lm.config import ModelConfig, from_dict
 from parcae_lm.download import hub_snapshot
 from parcae_lm.errors import CheckpointError, ConfigError, TokenizerError
+from parcae_lm.files import ensure_dir, sha256_file, write_failure
 from parcae_lm.model import LanguageModel, build_model
 from parcae_lm.model.layers import rope_table
 from parcae_lm.tokenizer import TOKENIZER_FILE, Tokenizer
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.bin")
+CHECKSUMS = "checksums.json"  # {"sha256": {weight file name: hex digest}}, written by save_pretrained
 TOKENIZER_DIR = "tokenizer"  # where a run directory (and save_pretrained with a tokenizer) keeps it
 # What a hub download fetches: the config, the weights and the tokenizer (in its folder or at the root).
 HUB_PATTERNS = ["*.json", *WEIGHT_FILES, f"{TOKENIZER_DIR}/*"]
@@ -37,19 +47,24 @@ _WRAPPER_COMPONENTS = {"module", "_orig_mod", "_forward_module", "model"}
 
 
 def save_pretrained(model: LanguageModel, directory: str | Path) -> Path:
-    """Write `config.json` + `model.safetensors` (atomically: a crash never leaves a half-written pair)."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write `config.json` + `model.safetensors` + `checksums.json` (each complete before it is renamed into
+    place; a crash between renames leaves a pair that fails verification rather than a silent mix)."""
+    directory = ensure_dir(Path(directory), "model directory")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
         state.pop("lm_head.weight")  # the same tensor as transformer.wte.weight
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".save-") as tmp:
-        save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        Path(tmp, "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-        os.replace(os.path.join(tmp, "model.safetensors"), directory / "model.safetensors")
-        os.replace(os.path.join(tmp, "config.json"), directory / "config.json")
+    weights = "model.safetensors"
+    try:
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".save-") as tmp:
+            save_file(state, os.path.join(tmp, weights), metadata={"format": "pt"})
+            digest = sha256_file(Path(tmp, weights))
+            Path(tmp, "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+            Path(tmp, CHECKSUMS).write_text(json.dumps({"sha256": {weights: digest}}, indent=2) + "\n")
+            for name in (weights, "config.json", CHECKSUMS):
+                os.replace(os.path.join(tmp, name), directory / name)
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error type
+        needed = sum(v.numel() * v.element_size() for v in state.values())
+        raise write_failure(e, directory / weights, "the model", needed) from e
     return directory
 
 
@@ -61,6 +76,8 @@ def load_config(directory: str | Path) -> ModelConfig:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    if raw.get("model_type") == "parcae" and isinstance(raw.get("parcae"), dict):
+        raw = raw["parcae"]  # a transformers export (infer/hf.py) keeps our config under "parcae"
     try:
         return from_dict(raw)
     except ConfigError as e:
@@ -68,12 +85,21 @@ def load_config(directory: str | Path) -> ModelConfig:
 
 
 def from_pretrained(
-    name_or_path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    name_or_path: str | Path,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    allow_unverified: bool = False,
 ) -> LanguageModel:
-    """Load a model from a local directory (ours or the reference's layout) or a Hugging Face hub id."""
+    """Load a model from a local directory (ours or the reference's layout) or a Hugging Face hub id.
+
+    The weights are verified (see the module docstring): a file that does not match its recorded sha256,
+    or weights holding NaN/inf, raise CheckpointError unless `allow_unverified`."""
     directory = resolve_directory(name_or_path)
     config = load_config(directory)
+    path = weight_file(directory)
+    _verify(path, _recorded_sha256(directory, path), allow_unverified)
     state = load_state_dict_file(directory)
+    _verify_finite(path, state, allow_unverified)
     with torch.device("meta"):
         model = build_model(config)
     state = normalize_state_dict(state, model)
@@ -81,6 +107,52 @@ def from_pretrained(
     model.tie_weights()
     model.eval()
     return model.to(device=device or "cpu", dtype=dtype)
+
+
+def _recorded_sha256(directory: Path, weights: Path) -> str | None:
+    """The digest checksums.json records for `weights`, or None when the directory records none."""
+    path = directory / CHECKSUMS
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text())["sha256"]
+        if not isinstance(recorded, dict):
+            raise TypeError("'sha256' is not a mapping")
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(
+            f'{path} is not a valid checksum record ({e}); expected {{"sha256": {{...}}}}'
+        ) from None
+    return recorded.get(weights.name)
+
+
+def _verify(path: Path, expected: str | None, allow_unverified: bool) -> None:
+    if expected is None:
+        return
+    got = sha256_file(path)
+    if got != expected:
+        _refuse(
+            f"{path} does not match the sha256 recorded in {CHECKSUMS} when it was saved (expected "
+            f"{expected[:16]}…, got {got[:16]}…): the file is corrupted or was changed",
+            allow_unverified,
+        )
+
+
+def _verify_finite(path: Path, state: dict[str, Tensor], allow_unverified: bool) -> None:
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in state.items() if v.is_floating_point()}
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        listed = _short([f"{k} ({n:,})" for k, n in bad.items()], 4)
+        _refuse(f"{path} holds {sum(bad.values()):,} NaN/inf weight value(s), in {listed}", allow_unverified)
+
+
+def _refuse(problem: str, allow_unverified: bool) -> None:
+    if allow_unverified:
+        warnings.warn(f"{problem}; loading it anyway (allow_unverified=True)", stacklevel=3)
+        return
+    raise CheckpointError(
+        f"{problem}; refusing to load it (allow_unverified=True, or --allow_unverified on the command line, "
+        "loads it anyway)"
+    )
 
 
 def resolve_directory(name_or_path: str | Path) -> Path:
@@ -113,14 +185,16 @@ def load_run(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     tokenizer: str | Path | None = None,
+    allow_unverified: bool = False,
 ) -> Run:
     """Model + tokenizer + metadata from a run directory, a `save_pretrained`/exported directory or a hub id.
 
     The tokenizer is `tokenizer` if given, else the directory's `tokenizer/` folder (run directories) or
-    its top-level tokenizer.json (exports and hub repos). The model is in eval mode."""
+    its top-level tokenizer.json (exports and hub repos). The model is in eval mode and verified as
+    `from_pretrained` verifies it (`allow_unverified` as there)."""
     directory = resolve_directory(name_or_path)
     tok = load_tokenizer(directory, tokenizer)  # first: it is quick, and a missing one fails fast
-    model = from_pretrained(directory, device=device, dtype=dtype)
+    model = from_pretrained(directory, device=device, dtype=dtype, allow_unverified=allow_unverified)
     return Run(model, tok, directory, _run_meta(directory))
 
 
@@ -147,16 +221,18 @@ def _run_meta(directory: Path) -> dict[str, Any]:
     return meta
 
 
-def load_state_dict_file(directory: Path) -> dict[str, Tensor]:
+def weight_file(directory: Path) -> Path:
+    """The directory's weight file (the first of WEIGHT_FILES present)."""
     for name in WEIGHT_FILES:
         path = directory / name
         if path.is_file():
-            break
-    else:
-        raise CheckpointError(f"no weights in {directory}: looked for {', '.join(WEIGHT_FILES)}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+            return path
+    raise CheckpointError(f"no weights in {directory}: looked for {', '.join(WEIGHT_FILES)}")
 
+
+def load_state_dict_file(directory: Path) -> dict[str, Tensor]:
+    path = weight_file(directory)
+    if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
         except Exception as e:

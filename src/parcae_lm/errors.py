@@ -32,5 +32,10 @@ class EvalError(ParcaeError):
     """Bad evaluation data or settings."""
 
 
+class StorageError(ParcaeError, OSError):
+    """A path that cannot be written as asked (not a directory, read-only, disk full) or that another
+    process holds."""
+
+
 class TrainingError(ParcaeError):
     """Training cannot continue (non-finite loss, incompatible resume, ...)."""

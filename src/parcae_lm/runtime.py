@@ -1,5 +1,6 @@
 """Process-level settings and measurements of the machine: the device to run on, CPU allocator tuning, the
-matmul peak that MFU is measured against, device synchronisation and peak memory.
+matmul peak that MFU is measured against, the memory bandwidth that bounds decoding, device
+synchronisation and peak memory.
 
 `keep_freed_memory`, applied once per process when the first model is built:
 
@@ -102,13 +103,34 @@ def matmul_peak_flops(device: str | torch.device = "cpu", size: int = 2048, seco
     return best
 
 
+def memory_bandwidth(device: str | torch.device = "cpu", megabytes: int = 512, seconds: float = 1.0) -> float:
+    """Best sustained read bandwidth in bytes/s: summing a buffer far larger than the caches, over ~`seconds`.
+    The limit a decode step at batch 1 runs into: it reads every weight matrix at least once per token."""
+    device = torch.device(device)
+    x = torch.ones(megabytes * 2**20 // 4, device=device)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    x.sum()  # warm up (page faults)
+    while best == 0.0 or time.perf_counter() < deadline:
+        sync_device(device)
+        t0 = time.perf_counter()
+        x.sum()
+        sync_device(device)
+        best = max(best, x.numel() * 4 / (time.perf_counter() - t0))
+    return best
+
+
 def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def peak_memory_bytes(device: torch.device) -> int:
-    """Peak allocated memory on CUDA; the process's peak resident set on CPU."""
+    """Peak allocated memory on CUDA; the memory Metal holds for the process on MPS (it keeps no peak);
+    the process's peak resident set on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory()
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB

@@ -3,13 +3,14 @@ how a function's signature and docstring become its options)."""
 
 from __future__ import annotations
 
-from parcae_lm.cli import bench, data, eval, fit, generate, infer, info, sweep, tokenizer, train
+from parcae_lm.cli import bench, data, eval, fit, generate, infer, info, serve, sweep, tokenizer, train
 from parcae_lm.cli.command import Group, run
 
 # The commands, in the order `parcae --help` lists them.
 COMMANDS = {
     "train": train.train,
     "generate": generate.generate,
+    "serve": serve.serve,
     "info": info.info,
     "eval": Group(
         "Evaluate a model: bits per byte, CORE, Core-Extended, LAMBADA.",

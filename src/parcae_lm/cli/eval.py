@@ -63,6 +63,7 @@ def bpb(
     recurrence: list[int] | None = None,
     batch_size: PositiveInt = 8,
     device: str = "auto",
+    allow_unverified: bool = False,
     out: Path | None = None,
 ) -> None:
     """Validation loss and bits per byte on token shards or on a text file.
@@ -79,13 +80,14 @@ def bpb(
         recurrence: Test-time depths of a looped model, e.g. [1,2,4,8] (default: its mean_recurrence).
         batch_size: Sequences per forward pass.
         device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
+        allow_unverified: Load weights that fail verification (recorded sha256, NaN/inf values) anyway.
         out: Output directory (default: MODEL/eval; needed for a hub id or a .gguf file).
     """
     if (shard_dir is None) == (text is None):
         raise UsageError("give exactly one of --shard_dir and --text")
     if shard_dir is not None and is_hf_model(model):
         raise UsageError("token shards hold a parcae tokenizer's ids: score a transformers model on --text")
-    lm, tok = _load(model, tokenizer, device)
+    lm, tok = _load(model, tokenizer, device, allow_unverified)
     dest = _out(model, out)
     seq_len = seq_len or int(lm.config.block_size)
     if seq_len > lm.config.block_size:
@@ -97,7 +99,7 @@ def bpb(
         total = -(-count_text_windows(tok, docs, seq_len) // batch_size)
         batches, source = text_batches(tok, docs, seq_len, batch_size), str(text)
     else:
-        batches, total = shard_batches(shard_dir, split.value, seq_len, batch_size), None
+        batches, total = shard_batches(shard_dir, split.value, seq_len, batch_size, tok), None
         source = f"{shard_dir} ({split.value})"
     results = evaluate_bpb(
         lm, batches, tok.token_bytes(), depths=depths, depth_names=names, max_tokens=max_tokens, total=total
@@ -124,6 +126,7 @@ def core(
     recurrence: list[int] | None = None,
     batch_size: PositiveInt = 8,
     device: str = "auto",
+    allow_unverified: bool = False,
     out: Path | None = None,
 ) -> None:
     """DCLM CORE: 22 tasks, centred accuracy.
@@ -140,6 +143,7 @@ def core(
         recurrence: Test-time depths of a looped model, e.g. [1,2,4,8] (default: its mean_recurrence).
         batch_size: Sequences per forward pass.
         device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
+        allow_unverified: Load weights that fail verification (recorded sha256, NaN/inf values) anyway.
         out: Output directory (default: MODEL/eval; needed for a hub id or a .gguf file).
     """
     _suite(
@@ -154,6 +158,7 @@ def core(
         recurrence,
         batch_size,
         device,
+        allow_unverified,
         out,
     )
 
@@ -171,6 +176,7 @@ def core_extended(
     recurrence: list[int] | None = None,
     batch_size: PositiveInt = 8,
     device: str = "auto",
+    allow_unverified: bool = False,
     out: Path | None = None,
 ) -> None:
     """Core-Extended: 46 tasks, centred accuracy.
@@ -187,6 +193,7 @@ def core_extended(
         recurrence: Test-time depths of a looped model, e.g. [1,2,4,8] (default: its mean_recurrence).
         batch_size: Sequences per forward pass.
         device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
+        allow_unverified: Load weights that fail verification (recorded sha256, NaN/inf values) anyway.
         out: Output directory (default: MODEL/eval; needed for a hub id or a .gguf file).
     """
     _suite(
@@ -201,6 +208,7 @@ def core_extended(
         recurrence,
         batch_size,
         device,
+        allow_unverified,
         out,
     )
 
@@ -215,6 +223,7 @@ def lambada(
     recurrence: list[int] | None = None,
     batch_size: PositiveInt = 8,
     device: str = "auto",
+    allow_unverified: bool = False,
     out: Path | None = None,
 ) -> None:
     """LAMBADA (OpenAI): last-word accuracy and perplexity.
@@ -228,10 +237,11 @@ def lambada(
         recurrence: Test-time depths of a looped model, e.g. [1,2,4,8] (default: its mean_recurrence).
         batch_size: Sequences per forward pass.
         device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
+        allow_unverified: Load weights that fail verification (recorded sha256, NaN/inf values) anyway.
         out: Output directory (default: MODEL/eval; needed for a hub id or a .gguf file).
     """
     pairs = load_lambada(find_bundle(bundle))
-    lm, tok = _load(model, tokenizer, device)
+    lm, tok = _load(model, tokenizer, device, allow_unverified)
     dest = _out(model, out)
     depths, names = _depths(lm, recurrence)
     results = evaluate_lambada(
@@ -389,11 +399,12 @@ def _suite(
     recurrence: list[int] | None,
     batch_size: int,
     device: str,
+    allow_unverified: bool,
     out: Path | None,
 ) -> None:
     seeds = list(seeds)
     bundle = find_bundle(bundle_dir)
-    lm, tok = _load(model, tokenizer, device)
+    lm, tok = _load(model, tokenizer, device, allow_unverified)
     dest = _out(model, out)
     depths, names = _depths(lm, recurrence)
     scores = evaluate_suite(
@@ -440,13 +451,15 @@ def _suite(
     _finish(dest, suite.value, payload, md, names, series, "centred score")
 
 
-def _load(model: Path, tokenizer: Path | None, device: str):
+def _load(model: Path, tokenizer: Path | None, device: str, allow_unverified: bool):
     """A parcae-lm model and its tokenizer, or a transformers causal LM with its own."""
     if is_hf_model(model):
         if tokenizer is not None:
             raise UsageError("--tokenizer is for parcae-lm models; a transformers model brings its own")
         return load_hf_model(model, device=resolve_device(device))
-    run = load_run(model, device=resolve_device(device), tokenizer=tokenizer)
+    run = load_run(
+        model, device=resolve_device(device), tokenizer=tokenizer, allow_unverified=allow_unverified
+    )
     return run.model, run.tokenizer
 
 

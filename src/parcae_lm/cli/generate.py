@@ -25,7 +25,8 @@ def generate(
     seed: int = 0,
     tokenizer: str | None = None,
     device: str = "auto",
-    compile: bool = False,
+    compile: bool | None = None,
+    allow_unverified: bool = False,
 ) -> None:
     """Sample text from a trained model (streams to stdout).
 
@@ -41,12 +42,14 @@ def generate(
         seed: Seed of the sampling.
         tokenizer: Tokenizer directory (default: MODEL/tokenizer).
         device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
-        compile: Decode through one static-shape compiled step (full cache only).
+        compile: Decode through the model's compiled step (true) or eagerly (false); default: as
+            model.generate decides (a one-off run decodes eagerly: compiling would cost more than it saves).
+        allow_unverified: Load weights that fail verification (recorded sha256, NaN/inf values) anyway.
     """
     if num_samples < 1:
         raise ConfigError(f"--num_samples must be >= 1, got {num_samples}")
     dev = resolve_device(device)
-    run = load_run(model, device=dev, tokenizer=tokenizer)
+    run = load_run(model, device=dev, tokenizer=tokenizer, allow_unverified=allow_unverified)
     lm, tok = run.model, run.tokenizer
     ids = [tok.bos_id, *tok.encode(prompt)]
     if len(ids) + max_new_tokens > lm.config.block_size:

@@ -7,9 +7,11 @@ through the cache (`infer.quality`), on the first --batches × --batch_size wind
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Literal
@@ -20,11 +22,11 @@ from jsonargparse.typing import PositiveInt
 from parcae_lm.checkpoint import from_pretrained, load_run
 from parcae_lm.data.default import prepare_default
 from parcae_lm.errors import ConfigError
-from parcae_lm.files import atomic_write_bytes, atomic_write_text
+from parcae_lm.files import atomic_write_text
 from parcae_lm.infer.adaptive import ExitCriterion, ExitRule
-from parcae_lm.infer.export import export_onnx, export_program, quantize_int8, save_program, state_dict_bytes
+from parcae_lm.infer.export import export_onnx, export_program, save_program
 from parcae_lm.infer.quality import adaptive_sweep, plot_quality_compute, stepwise_bpb, validation_batches
-from parcae_lm.model import CacheStrategy, Decoder, LanguageModel
+from parcae_lm.model import CacheStrategy, LanguageModel
 from parcae_lm.runtime import resolve_device
 
 DEFAULT_STRATEGIES = ("full", "last", "first-last", "ring-2")
@@ -45,6 +47,7 @@ def adaptive_eval(
     batch_size: PositiveInt = 8,
     batches: PositiveInt = 2,
     threads: PositiveInt | None = None,
+    allow_unverified: bool = False,
     device: str = "auto",
     out: Path | None = None,
 ) -> None:
@@ -64,13 +67,16 @@ def adaptive_eval(
         batch_size: Windows per batch.
         batches: Batches scored.
         threads: CPU threads for torch (default: torch's choice).
+        allow_unverified: Load weights that fail verification (recorded sha256, NaN/inf values) anyway.
         device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
         out: Write the results to this JSON file.
     """
     for t in thresholds:
         ExitRule(criterion, t, max_steps)  # validate every threshold before the long run
     strategy = CacheStrategy.parse(cache)
-    lm, token_bytes, data = _setup(model, shard_dir, tokenizer, seq_len, batch_size, batches, threads, device)
+    lm, token_bytes, data = _setup(
+        model, shard_dir, tokenizer, seq_len, batch_size, batches, threads, device, allow_unverified
+    )
     t0 = time.time()
     results = adaptive_sweep(lm, data, token_bytes, criterion, thresholds, max_steps, strategy)
     base = next(r for r in results if r.label == f"fixed-{max_steps or lm.config.mean_recurrence}")
@@ -100,6 +106,7 @@ def cache_eval(
     batch_size: PositiveInt = 8,
     batches: PositiveInt = 2,
     threads: PositiveInt | None = None,
+    allow_unverified: bool = False,
     device: str = "auto",
     out: Path | None = None,
 ) -> None:
@@ -115,13 +122,16 @@ def cache_eval(
         batch_size: Windows per batch.
         batches: Batches scored.
         threads: CPU threads for torch (default: torch's choice).
+        allow_unverified: Load weights that fail verification (recorded sha256, NaN/inf values) anyway.
         device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
         out: Write the results to this JSON file.
     """
     parsed = [CacheStrategy.parse(s.strip()) for s in strategies if s.strip()]
     if not parsed:
         raise ConfigError("--strategies is empty")
-    lm, token_bytes, data = _setup(model, shard_dir, tokenizer, seq_len, batch_size, batches, threads, device)
+    lm, token_bytes, data = _setup(
+        model, shard_dir, tokenizer, seq_len, batch_size, batches, threads, device, allow_unverified
+    )
     rule = ExitRule(threshold=0.0, max_steps=recurrence)
     results = [stepwise_bpb(lm, data, token_bytes, rule, s, str(s), progress=True) for s in parsed]
     base = results[0]
@@ -139,56 +149,98 @@ def quantize(
     model: str,
     /,
     *,
-    save: Path | None = None,
+    variants: tuple[Literal["fp32", "int8", "int4"], ...] = ("fp32", "int8"),
     new_tokens: PositiveInt = 64,
     shard_dir: Path | None = None,
     tokenizer: Path | None = None,
     seq_len: PositiveInt = 128,
     batch_size: PositiveInt = 8,
-    batches: PositiveInt = 2,
+    batches: PositiveInt = 4,
+    compile: bool | None = None,
     threads: PositiveInt | None = None,
+    device: str = "auto",
+    allow_unverified: bool = False,
     out: Path | None = None,
 ) -> None:
-    """int8 dynamic quantization (CPU): decode speed, size and bits per byte against fp32.
+    """Weight-only quantisation (torchao): weight bytes, peak RSS, decode tok/s and bits per byte.
+
+    Each variant is measured in a process of its own, so peak RSS compares; int4 needs CUDA.
 
     Args:
-        model: A run / save_pretrained directory.
-        save: Save the quantized state dict here (torch.save).
+        model: A run / save_pretrained directory or a hub id.
+        variants: Variants to measure, e.g. [fp32,int8] or [fp32,int8,int4].
         new_tokens: Decode steps timed at batch 1.
         shard_dir: Shard directory (default: the prepared Shakespeare shards).
         tokenizer: Tokenizer directory (default: MODEL/tokenizer).
         seq_len: Tokens per scored window.
         batch_size: Windows per batch.
         batches: Batches scored.
+        compile: Also time the compiled decode step (default: where torch.compile works).
         threads: CPU threads for torch (default: torch's choice).
+        device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
+        allow_unverified: Load weights that fail verification (recorded sha256, NaN/inf values) anyway.
         out: Write the results to this JSON file.
     """
-    lm, token_bytes, data = _setup(model, shard_dir, tokenizer, seq_len, batch_size, batches, threads, "cpu")
-    qmodel = quantize_int8(lm)
-    rows = []
-    for name, m in (("fp32", lm), ("int8-dynamic", qmodel)):
-        r = stepwise_bpb(m, data, token_bytes, label=name, progress=True)
-        dec = Decoder(m, 1, 16 + new_tokens)
-        logits = dec.prefill(torch.zeros(1, 16, dtype=torch.long))
-        t0 = time.perf_counter()
-        for _ in range(new_tokens):
-            logits = dec.step(logits.argmax(-1))
-        tps = new_tokens / (time.perf_counter() - t0)
-        rows.append(
-            {"model": name, "bpb": r.bits_per_byte, "decode_tok_s": tps, "bytes": state_dict_bytes(m)}
+    from parcae_lm.bench.quantize import bench_variant  # torchao: the optional 'quant' extra
+
+    if not variants:
+        raise ConfigError("--variants is empty; give e.g. [fp32,int8]")
+    if len(variants) == 1:
+        lm, token_bytes, data = _setup(
+            model, shard_dir, tokenizer, seq_len, batch_size, batches, threads, device, allow_unverified
         )
+        rows = [bench_variant(lm, variants[0], data, token_bytes, new_tokens, compile).to_dict()]
+    else:  # one process per variant: peak RSS is a process's
+        rows = []
+        for variant in variants:
+            with tempfile.TemporaryDirectory() as tmp:
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "parcae_lm",
+                    "infer",
+                    "quantize",
+                    model,
+                    "--variants",
+                    f"[{variant}]",
+                ]
+                cmd += [
+                    "--new_tokens",
+                    str(new_tokens),
+                    "--seq_len",
+                    str(seq_len),
+                    "--batch_size",
+                    str(batch_size),
+                ]
+                cmd += ["--batches", str(batches), "--device", device, "--out", str(Path(tmp, "r.json"))]
+                for flag, value in (
+                    ("--shard_dir", shard_dir),
+                    ("--tokenizer", tokenizer),
+                    ("--threads", threads),
+                ):
+                    if value is not None:
+                        cmd += [flag, str(value)]
+                if compile is not None:
+                    cmd += ["--compile", str(compile).lower()]
+                if allow_unverified:
+                    cmd += ["--allow_unverified", "true"]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+                    raise ConfigError(f"measuring {variant} failed: {last}")
+                rows += json.loads(Path(tmp, "r.json").read_text())
     base = rows[0]
-    print(f"{'model':>13} {'bpb':>8} {'Δbpb':>7} {'decode tok/s':>12} {'size MiB':>8}")
+    print(
+        f"{'variant':>8} {'bpb':>8} {'Δbpb':>7} {'weights MiB':>11} {'x fp32':>6} {'tok/s':>7} {'compiled':>8} {'RSS MiB':>7}"
+    )
     for row in rows:
+        fast = row["compiled_decode_tokens_per_second"]
         print(
-            f"{row['model']:>13} {row['bpb']:>8.4f} {row['bpb'] / base['bpb'] - 1:>+7.2%} "
-            f"{row['decode_tok_s']:>12.1f} {row['bytes'] / 2**20:>8.2f}"
+            f"{row['variant']:>8} {row['bits_per_byte']:>8.4f} {row['bits_per_byte'] / base['bits_per_byte'] - 1:>+7.2%} "
+            f"{row['weight_bytes'] / 2**20:>11.2f} {row['weight_bytes'] / base['weight_bytes']:>6.2f} "
+            f"{row['decode_tokens_per_second']:>7.1f} {'-' if fast is None else f'{fast:.1f}':>8} "
+            f"{row['peak_rss_mb']:>7.0f}"
         )
-    if save is not None:
-        buf = io.BytesIO()
-        torch.save(qmodel.state_dict(), buf)
-        atomic_write_bytes(save, buf.getvalue())
-        print(f"wrote {save}")
     _write_json(out, rows)
 
 
@@ -200,6 +252,7 @@ def export(
     format: Literal["program", "onnx"] = "program",
     seq_len: PositiveInt = 128,
     recurrence: PositiveInt | None = None,
+    allow_unverified: bool = False,
 ) -> None:
     """torch.export program (.pt2) or ONNX graph of the fixed-depth forward.
 
@@ -209,8 +262,9 @@ def export(
         format: program (torch.export, .pt2) or onnx (needs the 'export' extra).
         seq_len: Sequence length the graph is traced for (the batch stays dynamic).
         recurrence: Test-time recurrence baked into the graph (default: the model's mean_recurrence).
+        allow_unverified: Load weights that fail verification (recorded sha256, NaN/inf values) anyway.
     """
-    lm = from_pretrained(model)
+    lm = from_pretrained(model, allow_unverified=allow_unverified)
     if format == "onnx":
         path = export_onnx(lm, out, seq_len, recurrence)
     else:
@@ -242,16 +296,20 @@ def _setup(
     batches: int,
     threads: int | None,
     device: str,
+    allow_unverified: bool,
 ) -> tuple[LanguageModel, torch.Tensor, list]:
     if threads is not None:
         torch.set_num_threads(threads)
-    run = load_run(model, device=resolve_device(device), tokenizer=tokenizer)
+    run = load_run(
+        model, device=resolve_device(device), tokenizer=tokenizer, allow_unverified=allow_unverified
+    )
     lm = run.model
     if seq_len > lm.config.block_size:
         raise ConfigError(f"--seq_len {seq_len} exceeds the model's block_size={lm.config.block_size}")
     if shard_dir is None:
         _, shard_dir = prepare_default(vocab_size=lm.config.vocab_size, progress=False)
-    return lm, run.tokenizer.token_bytes(), validation_batches(shard_dir, seq_len, batch_size, batches)
+    data = validation_batches(shard_dir, seq_len, batch_size, batches, run.tokenizer)
+    return lm, run.tokenizer.token_bytes(), data
 
 
 def _write_json(path: Path | None, payload: list) -> None:

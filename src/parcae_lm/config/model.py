@@ -1,6 +1,7 @@
 """Model configurations: typed dataclasses, validation, and the named configs as plain data.
 
-This module imports nothing else of the package except `errors`: every other layer builds on it.
+This module imports nothing else of the package except `errors` and `config.fields` (the type check):
+every other layer builds on it.
 
 `ParcaeConfig` and `GPTConfig` keep the reference's field names, so the authors' `config.json` files
 load (see `from_dict`); options the reference parses from strings are typed values here (enums),
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any
 
+from parcae_lm.config.fields import check_types
 from parcae_lm.errors import ConfigError
 
 
@@ -108,6 +110,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _coerce_enums(self)
+        check_types(self)
+        _check_positive(self, "padding_multiple", "n_embd", "num_attention_heads")  # used just below
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.n_embd
         if self.num_key_value_heads is None:
@@ -231,7 +235,7 @@ class ParcaeConfig(ModelConfig):
             "recurrent_embedding_dimension",
             "recurrent_intermediation_embedding_dimension",
         )
-        for name in ("n_layers_in_prelude", "n_layers_in_coda", "curriculum_steps"):
+        for name in ("n_layers_in_prelude", "n_layers_in_coda", "curriculum_steps", "state_init_seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if self.mean_backprop_depth > self.mean_recurrence:

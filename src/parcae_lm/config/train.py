@@ -32,6 +32,7 @@ import yaml
 from jsonargparse import ArgumentError, ArgumentParser, get_loader, set_parsing_settings
 from jsonargparse.typing import register_type
 
+from parcae_lm.config.fields import check_types
 from parcae_lm.config.model import ModelConfig, create_config
 from parcae_lm.errors import ConfigError
 
@@ -67,7 +68,11 @@ class DataArgs:
     """Pass document ids so attention never crosses a document boundary."""
 
     def __post_init__(self) -> None:
+        check_types(self, "data.")
         _positive(self, "data", "vocab_size", "seq_len")
+        for name in ("shard_dir", "tokenizer_dir"):
+            if getattr(self, name) == "":
+                raise ConfigError(f"data.{name} must be a directory path or null, got an empty string")
         if (self.shard_dir is None) != (self.tokenizer_dir is None):
             raise ConfigError(
                 "data.shard_dir and data.tokenizer_dir go together: give both, or neither for the default "
@@ -76,6 +81,7 @@ class DataArgs:
 
 
 BUDGET_FIELDS = ("max_steps", "max_tokens", "max_flops", "token_to_param_ratio", "max_time_minutes")
+MAX_SEED = (1 << 63) - 1  # torch.manual_seed takes a signed 64-bit seed
 
 
 @dataclass
@@ -98,6 +104,7 @@ class TrainArgs:
     """Clip the global gradient L2 norm to this; <= 0 disables clipping (the norm is still logged)."""
 
     def __post_init__(self) -> None:
+        check_types(self, "train.")
         _positive(self, "train", "micro_batch_size", "global_batch_size")
         for name in BUDGET_FIELDS:
             value = getattr(self, name)
@@ -146,6 +153,7 @@ class OptimArgs:
     """LR floor at the end of the cooldown, as a fraction of the base LRs."""
 
     def __post_init__(self) -> None:
+        check_types(self, "optim.")
         _positive(self, "optim", "muon_lr", "adam_lr", "adam_eps", "muon_ns_steps")
         _at_least_zero(self, "optim", "muon_momentum_warmup_steps", "muon_weight_decay", "adam_weight_decay")
         for name in ("warmup_fraction", "cooldown_fraction", "min_lr_ratio"):
@@ -179,7 +187,10 @@ class SystemArgs:
     """Torch CPU threads; null picks the fastest of 1..cores by a matmul benchmark."""
 
     def __post_init__(self) -> None:
+        check_types(self, "system.")
         _positive_or_null(self, "system", "threads")
+        if self.device is not None and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"system.device must be cpu, cuda, cuda:N, mps or null, got {self.device!r}")
 
 
 @dataclass
@@ -196,6 +207,7 @@ class EvalArgs:
     """Depths of the final whole-split evaluation; null uses eval.depths."""
 
     def __post_init__(self) -> None:
+        check_types(self, "eval.")
         _positive(self, "eval", "interval")
         _positive_or_null(self, "eval", "batches", "batch_size")
         for name in ("depths", "final_depths"):
@@ -212,6 +224,7 @@ class CheckpointArgs:
     """Checkpoints kept in the run directory; older ones are deleted."""
 
     def __post_init__(self) -> None:
+        check_types(self, "checkpoint.")
         _positive(self, "checkpoint", "interval", "keep_last_k")
 
 
@@ -229,7 +242,10 @@ class LogArgs:
     """Weights & Biases project name."""
 
     def __post_init__(self) -> None:
+        check_types(self, "log.")
         _positive(self, "log", "interval")
+        if not self.wandb_project:
+            raise ConfigError("log.wandb_project must be a non-empty string")
 
 
 @dataclass
@@ -242,6 +258,7 @@ class SampleArgs:
     """Sampling temperature; 0 is greedy."""
 
     def __post_init__(self) -> None:
+        check_types(self, "sample.")
         _positive(self, "sample", "tokens")
         if self.temperature < 0:
             raise ConfigError(f"sample.temperature must be >= 0, got {self.temperature}")
@@ -284,11 +301,24 @@ class RunConfig:
     """Samples written at the end of the run."""
 
     def __post_init__(self) -> None:
-        if self.run_name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", self.run_name):
+        check_types(self)
+        # Not hidden (temporary files start with '.'), not `.`/`..`, not out_dir's `latest` link.
+        if self.run_name is not None and (
+            not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", self.run_name) or self.run_name == "latest"
+        ):
             raise ConfigError(
-                f"run_name may only contain letters, digits, '.', '_' and '-', got {self.run_name!r}"
+                "run_name may only contain letters, digits, '.', '_' and '-', may not start with '.' and "
+                f"may not be 'latest' (out_dir's link to the newest run), got {self.run_name!r}"
             )
+        if not self.out_dir:
+            raise ConfigError("out_dir must be a directory path, got an empty string")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be in [0, 2^63 - 1], got {self.seed}")
         self.model = model_overrides(self.model_name, self.model)
+        try:  # the architecture, checked now; its fit to the data is checked by model_config at run time
+            create_config(self.model_name, **self.model)
+        except ConfigError as e:
+            raise ConfigError(f"model {self.model_name} with overrides {self.model}: {e}") from None
         given = self.train.budgets()
         if len(given) != 1:
             raise ConfigError(

@@ -9,6 +9,11 @@ Layout of a shard directory:
 Every document is preceded by BOS, so a split is one stream `BOS d0 BOS d1 ...`: documents stay separable
 (the loader derives document ids from it) and a model learns where documents start. A split is the
 concatenation of its shards; documents may straddle shard boundaries.
+
+Shards are only meaningful with the tokenizer that wrote them: every consumer (training, `eval bpb`, the
+inference-quality sweeps) opens them through `check_shards`, which compares the manifest's tokenizer
+fingerprint with the model's or run's tokenizer. Every read checks that its ids lie inside the manifest's
+vocabulary, so a corrupted shard fails with the file's name instead of indexing past an embedding table.
 """
 
 from __future__ import annotations
@@ -84,12 +89,16 @@ class Manifest:
             raise DataError(f"the shards have no {name!r} split (have {list(self.splits)})")
         return self.splits[name]
 
-    def check_tokenizer(self, tokenizer: Tokenizer) -> None:
+    def check_tokenizer(self, tokenizer: Tokenizer, shard_dir: str | Path | None = None) -> None:
         """Raise unless `tokenizer` is the one these shards were written with."""
         if tokenizer.fingerprint() != self.tokenizer_sha256:
+            where = f"the shards in {shard_dir}" if shard_dir is not None else "the shards"
+            origin = f", from {self.tokenizer_dir}" if self.tokenizer_dir else ""
             raise DataError(
-                f"tokenizer mismatch: shards were written with tokenizer {self.tokenizer_sha256[:12]} "
-                f"({self.tokenizer_dir}), got {tokenizer.fingerprint()[:12]}"
+                f"tokenizer mismatch: {where} were written with tokenizer {self.tokenizer_sha256[:12]} "
+                f"(vocab {self.vocab_size}{origin}), but the given tokenizer is "
+                f"{tokenizer.fingerprint()[:12]} (vocab {tokenizer.vocab_size}); re-tokenize the corpus with "
+                "this tokenizer (`parcae data prepare`) or use the tokenizer the shards were made with"
             )
 
     def to_json(self) -> str:
@@ -117,9 +126,33 @@ class Manifest:
                 )
                 for name, info in raw["splits"].items()
             }
-            return cls(**raw)
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            manifest = cls(**raw)
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             raise DataError(f"{path} is not a valid shard manifest: {e}") from e
+        manifest._validate(path)
+        return manifest
+
+    def _validate(self, path: Path) -> None:
+        if not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool) or self.vocab_size < 1:
+            raise DataError(f"{path}: vocab_size must be a positive integer, got {self.vocab_size!r}")
+        if self.dtype not in ("uint16", "uint32") or np.dtype(self.dtype) != token_dtype(self.vocab_size):
+            raise DataError(
+                f"{path}: dtype {self.dtype!r} does not match vocab_size {self.vocab_size} "
+                f"(expected {token_dtype(self.vocab_size).name})"
+            )
+        for name in ("bos_id", "eos_id", "pad_id"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value < self.vocab_size:
+                raise DataError(
+                    f"{path}: {name} {value!r} is not an id of the {self.vocab_size}-token vocabulary"
+                )
+
+
+def check_shards(shard_dir: str | Path, tokenizer: Tokenizer) -> Manifest:
+    """The manifest of `shard_dir`, after checking that its shards were written by `tokenizer`."""
+    manifest = Manifest.load(shard_dir)
+    manifest.check_tokenizer(tokenizer, shard_dir)
+    return manifest
 
 
 def _split(split: Split | str) -> Split:
@@ -311,6 +344,7 @@ class TokenStream:
         info = self.manifest.split(self.split)
         dtype = np.dtype(self.manifest.dtype).newbyteorder("<")
         self._maps: list[np.memmap] = []
+        self._files: list[Path] = []
         for shard in info.shards:
             path = shard_dir / shard.file
             if not path.is_file():
@@ -321,6 +355,7 @@ class TokenStream:
                     f"shard {path} has {size} bytes, the manifest says {shard.tokens} {dtype.name} tokens"
                 )
             self._maps.append(np.memmap(path, dtype=dtype, mode="r", shape=(shard.tokens,)))
+            self._files.append(path)
         self._starts = np.cumsum([0] + [m.shape[0] for m in self._maps])
         self.info = info
 
@@ -340,6 +375,14 @@ class TokenStream:
         while pos < stop:
             m, base = self._maps[first], int(self._starts[first])
             end = min(stop, base + m.shape[0])
-            out.append(np.asarray(m[pos - base : end - base], dtype=np.int64))
+            chunk = np.asarray(m[pos - base : end - base], dtype=np.int64)
+            if chunk.max() >= self.manifest.vocab_size:  # unsigned: never below 0
+                i = int(np.argmax(chunk >= self.manifest.vocab_size))
+                raise DataError(
+                    f"shard {self._files[first]} holds token id {int(chunk[i])} at token {pos - base + i}, "
+                    f"outside the {self.manifest.vocab_size}-token vocabulary of its manifest: the shard is "
+                    "corrupted"
+                )
+            out.append(chunk)
             pos, first = end, first + 1
         return np.concatenate(out) if len(out) != 1 else out[0]

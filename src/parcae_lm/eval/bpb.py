@@ -28,8 +28,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from parcae_lm.data.loader import iter_eval_batches
+from parcae_lm.data.shards import check_shards
 from parcae_lm.errors import EvalError
 from parcae_lm.eval.common import EvalTokenizer, bos_token, forward_logits, model_device, pad_token
+from parcae_lm.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100
 Batch = tuple[torch.Tensor, ...]  # (x, y) or (x, y, doc_ids)
@@ -174,8 +176,13 @@ def check_byte_accounting(tokenizer: EvalTokenizer, documents: Sequence[str]) ->
             )
 
 
-def shard_batches(shard_dir: Path, split: str, seq_len: int, batch_size: int) -> Iterator[Batch]:
-    yield from iter_eval_batches(shard_dir, split, batch_size, seq_len, with_doc_ids=True)
+def shard_batches(
+    shard_dir: Path, split: str, seq_len: int, batch_size: int, tokenizer: Tokenizer
+) -> Iterator[Batch]:
+    """The split's batches (documents masked to themselves), once the shards are checked to come from
+    `tokenizer` (shards of another tokenizer would give a wrong number, not an error)."""
+    check_shards(shard_dir, tokenizer)  # now, not at the first next()
+    return iter_eval_batches(shard_dir, split, batch_size, seq_len, with_doc_ids=True)
 
 
 def results_to_json(results: list[BpbResult]) -> list[dict]:

@@ -1,8 +1,5 @@
-"""Smaller and portable models: int8 dynamic quantization (CPU), torch.export and ONNX.
+"""Portable models: torch.export and ONNX (weight-only quantisation is `infer/quantize.py`).
 
-- `quantize_int8`: every nn.Linear (blocks, C, the unembedding) becomes a dynamically quantized int8
-  Linear: weights stored int8 per tensor, activations quantized per batch at run time, fp32 accumulation
-  and output. Embedding tables stay fp32 (lookups, no matmul). CPU only (the kernels are fbgemm/onednn).
 - `export_program` / `export_onnx`: the fixed-depth, cache-free forward ids [B, T] → logits [B, T, V]
   as a `torch.export` program (.pt2, loadable without our code) or an ONNX graph (the `onnx`,
   `onnxscript` packages; run it with onnxruntime). Tracing takes RoPE's real-arithmetic form
@@ -13,7 +10,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import warnings
 from pathlib import Path
@@ -23,37 +19,6 @@ from torch import Tensor, nn
 
 from parcae_lm.errors import ConfigError
 from parcae_lm.model import LanguageModel
-
-
-def quantize_int8(model: LanguageModel) -> LanguageModel:
-    """A copy of `model` with int8 dynamic quantization of every Linear. The original is untouched."""
-    if model.device.type != "cpu":
-        raise ConfigError(
-            f"int8 dynamic quantization runs on CPU only (model is on {model.device}); move it with .cpu()"
-        )
-    dtype = model.transformer.wte.weight.dtype
-    if dtype != torch.float32:
-        raise ConfigError(f"int8 dynamic quantization needs an fp32 model, got {dtype}; call .float() first")
-    from torch.ao.quantization import quantize_dynamic
-
-    q = copy.deepcopy(model).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao's deprecation notices (the kernels are still supported)
-        # The tied head shares wte's tensor: untie it first so the embedding lookup stays fp32.
-        q.lm_head = nn.Linear(q.lm_head.in_features, q.lm_head.out_features, bias=False)
-        q.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
-        quantize_dynamic(q, {nn.Linear}, dtype=torch.qint8, inplace=True)
-    q.tie_weights = lambda: None  # type: ignore[method-assign]  (the head is its own int8 matrix now)
-    return q
-
-
-def state_dict_bytes(model: nn.Module) -> int:
-    """Size of the model's weights as torch.save writes them (the tied head counted once)."""
-    import io
-
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.tell()
 
 
 class LogitsModule(nn.Module):

@@ -21,9 +21,11 @@ from torch import Tensor
 from tqdm import tqdm
 
 from parcae_lm.data.loader import iter_eval_batches
+from parcae_lm.data.shards import check_shards
 from parcae_lm.errors import EvalError
 from parcae_lm.infer.adaptive import AdaptiveDecoder, ExitCriterion, ExitRule
 from parcae_lm.model import FULL_CACHE, IGNORE_INDEX, CacheStrategy, LanguageModel
+from parcae_lm.tokenizer import Tokenizer
 
 
 @dataclass
@@ -92,10 +94,11 @@ def stepwise_bpb(
 
 
 def validation_batches(
-    shard_dir, seq_len: int, batch_size: int, num_batches: int
+    shard_dir, seq_len: int, batch_size: int, num_batches: int, tokenizer: Tokenizer
 ) -> list[tuple[Tensor, ...]]:
     """The first `num_batches` batches of the validation split (no document masking: a cache sees one
-    stream per row)."""
+    stream per row), from shards checked to be written by `tokenizer`."""
+    check_shards(shard_dir, tokenizer)
     out = []
     for batch in iter_eval_batches(shard_dir, "val", batch_size, seq_len):
         out.append(batch)

@@ -71,6 +71,7 @@ class GPT(LanguageModel):
         accepted so code can call Parcae and GPT alike)."""
         if num_steps is not None:
             raise ValueError("GPT has no recurrence: num_steps must be None")
+        self.check_input_ids(input_ids)
         B, T = input_ids.shape
         positions = self.positions(input_ids, position_ids, kv_cache, input_pos)
         if kv_cache is not None:

@@ -107,6 +107,9 @@ class KVCache:
         # Zeros, not empty: attention over the whole buffer gives unwritten entries weight 0, and 0·NaN = NaN.
         self.k = torch.zeros(batch, heads, length, head_size, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
+        # index_copy_ is one in-place kernel (and what compiled steps fuse); MPS lacks it on some torch
+        # versions, where positions are written by indexed assignment instead (the same values).
+        self.index_copy = self.k.device.type != "mps"
 
     @property
     def length(self) -> int:
@@ -119,14 +122,27 @@ class KVCache:
         (b indices); return the keys and values attention reads: positions 0..length−1 (default: all)."""
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)
         if rows is None and input_pos.dim() == 1:
-            self.k.index_copy_(2, input_pos, k)
-            self.v.index_copy_(2, input_pos, v)
+            if self.index_copy:
+                self.k.index_copy_(2, input_pos, k)
+                self.v.index_copy_(2, input_pos, v)
+            else:
+                self.k[:, :, input_pos] = k
+                self.v[:, :, input_pos] = v
             keys, values = self.k, self.v
         else:
-            r = torch.arange(k.shape[0], device=k.device) if rows is None else rows
-            pos = input_pos.expand(k.shape[0], -1)
-            self.k[r[:, None], :, pos] = k.transpose(1, 2)  # advanced indices first: [b, T, H, D]
-            self.v[r[:, None], :, pos] = v.transpose(1, 2)
+            b, H, T, D = k.shape
+            r = torch.arange(b, device=k.device) if rows is None else rows
+            pos = input_pos.expand(b, -1)
+            if self.index_copy:
+                # One index_copy_ into the flat buffer at (row, head, position): an in-place write that
+                # compiled steps keep in place (an indexed assignment would copy the whole cache).
+                heads = torch.arange(H, device=k.device)
+                flat = (r[:, None, None] * H + heads[None, :, None]) * self.length + pos[:, None, :]
+                self.k.view(-1, D).index_copy_(0, flat.reshape(-1), k.reshape(-1, D))
+                self.v.view(-1, D).index_copy_(0, flat.reshape(-1), v.reshape(-1, D))
+            else:
+                self.k[r[:, None], :, pos] = k.transpose(1, 2)  # advanced indices first: [b, T, H, D]
+                self.v[r[:, None], :, pos] = v.transpose(1, 2)
             keys, values = (self.k, self.v) if rows is None else (self.k[rows], self.v[rows])
         if length is not None and length < self.length:
             keys, values = keys[:, :, :length], values[:, :, :length]
@@ -140,6 +156,17 @@ class KVCache:
 
     def memory_bytes(self) -> int:
         return 2 * self.k.numel() * self.k.element_size()
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A cache over rows start..stop−1 that shares this one's storage (writes land in both)."""
+        view = KVCache.__new__(KVCache)
+        view.k, view.v, view.index_copy = self.k[start:stop], self.v[start:stop], self.index_copy
+        return view
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy row `src` (every position) into row `dst`."""
+        self.k[dst].copy_(self.k[src])
+        self.v[dst].copy_(self.v[src])
 
 
 class ModelCache:
@@ -166,3 +193,19 @@ class ModelCache:
 
     def memory_bytes(self) -> int:
         return sum(c.memory_bytes() for c in self.layers())
+
+    def rows(self, start: int, stop: int) -> ModelCache:
+        """The cache of rows start..stop−1, sharing this one's storage: a batch can run on the first rows of
+        a larger cache, or a prefill on one row, while the others keep their sequences."""
+        return ModelCache(
+            [c.rows(start, stop) for c in self.prelude],
+            [[c.rows(start, stop) for c in slot] for slot in self.core],
+            [c.rows(start, stop) for c in self.coda],
+            self.num_steps,
+            self.strategy,
+        )
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy sequence `src` into row `dst` in every layer (compacting the rows of a running batch)."""
+        for c in self.layers():
+            c.move_row(src, dst)

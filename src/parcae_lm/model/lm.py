@@ -42,6 +42,31 @@ class LanguageModel(nn.Module):
         return cls(config)
 
     # -- inputs -----------------------------------------------------------------------------------
+    def check_input_ids(self, input_ids: Tensor) -> None:
+        """Refuse anything but a [B, T] integer tensor of ids in [0, vocab_size) with a ValueError.
+
+        An id past the vocabulary would raise an unclear IndexError in the embedding lookup, or, inside
+        the table's padding rows, silently embed an untrained vector. The range is checked when the ids
+        are on the CPU (one pass over them, no device to wait for); on an accelerator the check would wait
+        for the device at every forward, so there the data path checks the ids on the host instead
+        (`data.shards.TokenStream.read`). A compiled graph (the static decode step) skips it: it only feeds
+        back ids the model itself picked."""
+        if input_ids.dim() != 2 or input_ids.is_floating_point() or input_ids.is_complex():
+            raise ValueError(
+                f"input_ids must be a [batch, seq] integer tensor, got {input_ids.dtype} of shape "
+                f"{tuple(input_ids.shape)}"
+            )
+        if input_ids.device.type != "cpu" or torch.compiler.is_compiling() or input_ids.numel() == 0:
+            return
+        vocab = self.config.vocab_size
+        low, high = (int(v) for v in torch.aminmax(input_ids))
+        if low < 0 or high >= vocab:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"token id {bad} is outside the vocabulary of this model (ids 0..{vocab - 1}); the ids come "
+                "from a different tokenizer, or are corrupted"
+            )
+
     def rope(self, head_size: int, device: torch.device) -> Tensor:
         """RoPE (cos, sin) for every position < block_size, [block_size, head_size/2, 2] fp32 (built once)."""
         key = (head_size, str(device))

@@ -119,6 +119,8 @@ class Parcae(LanguageModel):
         logits_to_keep: int = 0,
         draw: TrainDraw | None = None,
         diagnostics: bool = False,
+        row_steps: Tensor | None = None,
+        exit_threshold: Tensor | None = None,
     ) -> dict[str, Tensor | None]:
         """Returns {"loss", "logits", "log_ppl"} like the reference.
 
@@ -137,13 +139,23 @@ class Parcae(LanguageModel):
         draw: the training step and batch slice that seed sampled depths and h₀ (training mode only;
             default step 0, the whole batch).
         diagnostics: also return "state_norm" (mean ‖h_T‖) and "rel_residual" (‖h_T − h_{T−1}‖/‖h_T‖).
+        row_steps, exit_threshold: cached decoding only, each row at its own depth (a server's batch of
+            requests): row b takes at most row_steps[b] ([B] int64, ≤ the cache's depth) iterations, and
+            (exit_threshold [B] float, one-token steps only) stops once an iteration changes its state by
+            less than exit_threshold[b] relative (‖h_r − h_{r−1}‖/‖h_r‖; 0 never exits). A stopped row
+            keeps its state; the batch still runs the cache's depth, so shapes stay static. The output
+            then has "iterations" [B, T], the iterations each token took.
         """
         if num_steps_pair is not None:
             num_steps = _pair(num_steps_pair)
         stats: dict[str, Tensor] | None = {} if diagnostics else None
+        if row_steps is not None or exit_threshold is not None:
+            if kv_cache is None or row_steps is None:
+                raise ValueError("row_steps (and exit_threshold) go with cached decoding: pass kv_cache too")
+            stats = {} if stats is None else stats
         y = self.hidden_states(
             input_ids, num_steps, doc_ids, attention_mask, position_ids, kv_cache, input_pos, input_pos_maxp1,
-            draw or FIRST_DRAW, stats,
+            draw or FIRST_DRAW, stats, row_steps, exit_threshold,
         )  # fmt: skip
         out = self.head(y, labels, return_logits, logits_to_keep)
         if stats is not None:
@@ -162,8 +174,11 @@ class Parcae(LanguageModel):
         input_pos_maxp1: int | None = None,
         draw: TrainDraw = FIRST_DRAW,
         stats: dict[str, Tensor] | None = None,
+        row_steps: Tensor | None = None,
+        exit_threshold: Tensor | None = None,
     ) -> Tensor:
         """Final-normed hidden states [B, T, d]: prelude → loop → coda (see the module docstring)."""
+        self.check_input_ids(input_ids)
         B, T = input_ids.shape
         positions = self.positions(input_ids, position_ids, kv_cache, input_pos)
         if kv_cache is not None:
@@ -180,9 +195,20 @@ class Parcae(LanguageModel):
         e = self.prelude(input_ids, ctx, kv_cache)
         h = self.initial_state(e, positions, draw)
         u = self.transformer.adapter.prepare(e)  # B̄·e is the same at every iteration
-        h = self._recur(
-            h, u, self.core_values(input_ids), ctx_core, self._depths(B, T, num_steps, draw), kv_cache, stats
-        )
+        if row_steps is not None:
+            h = self._recur_rows(
+                h, u, self.core_values(input_ids), ctx_core, kv_cache, row_steps, exit_threshold, stats
+            )
+        else:
+            h = self._recur(
+                h,
+                u,
+                self.core_values(input_ids),
+                ctx_core,
+                self._depths(B, T, num_steps, draw),
+                kv_cache,
+                stats,
+            )
         return self.coda(h, input_ids, ctx, kv_cache)
 
     # -- the pieces of one forward, in order (adaptive decoding drives them one iteration at a time) --
@@ -358,6 +384,39 @@ class Parcae(LanguageModel):
             stats["rel_residual"] = residual.mean()
         return h
 
+    def _recur_rows(
+        self,
+        h: Tensor,
+        u: Tensor,
+        ves: list[Tensor | None],
+        ctx: AttnContext,
+        kv_cache: ModelCache,
+        row_steps: Tensor,
+        exit_threshold: Tensor | None,
+        stats: dict[str, Tensor],
+    ) -> Tensor:
+        """Cached iterations with a depth limit and an exit threshold per row (see `forward`). Every row runs
+        all of the cache's iterations (static shapes, one compiled graph for any mix of depths); a row past
+        its limit, or that has exited, keeps its state, so its logits are those of its own depth."""
+        B, T = h.shape[:2]
+        if row_steps.shape != (B,):
+            raise ValueError(f"row_steps has shape {tuple(row_steps.shape)}, expected [{B}]")
+        if exit_threshold is not None and (T != 1 or exit_threshold.shape != (B,)):
+            raise ValueError("exit_threshold applies to one-token steps, one value per row ([B])")
+        limit = row_steps.to(h.device).view(B, 1)
+        running = torch.ones(B, T, dtype=torch.bool, device=h.device)
+        used = torch.zeros(B, T, dtype=torch.long, device=h.device)
+        for j in range(kv_cache.num_steps):
+            new = self.core_step(h, u, ves, ctx, kv_cache, j)
+            live = running & (limit > j)
+            used = used + live.long()
+            if exit_threshold is not None:
+                change = (new - h).float().norm(dim=-1) / new.float().norm(dim=-1).clamp_min(1e-12)
+                running = running & ~(change < exit_threshold.to(h.device).view(B, 1))
+            h = torch.where(live[..., None], new, h)
+        stats["iterations"] = used
+        return h
+
     def _recur_ragged(
         self, h: Tensor, u: Tensor, ves: list[Tensor | None], ctx: AttnContext, steps: Tensor, residual
     ) -> tuple[Tensor, Tensor | None]:
@@ -405,6 +464,7 @@ class Parcae(LanguageModel):
     @torch.no_grad()
     def recurrence_trace(self, input_ids: Tensor, num_steps: int | None = None) -> list[dict[str, float]]:
         """Per-iteration state norm and relative residual for a fixed-depth evaluation forward."""
+        self.check_input_ids(input_ids)
         was_training = self.training
         self.eval()
         try:

@@ -3,14 +3,18 @@
 Layout: `<run>/checkpoints/step_<N>/` with
   state.pt     model + optimizer state (full, unsharded), counters, the model config, compatibility keys
   ranks.pt     per-rank data-loader position and RNG states (torch, CUDA, numpy, python)
+Both hold only tensors and plain Python values (dicts, lists, tuples, numbers, strings), so they are read
+with `torch.load(weights_only=True)`: a checkpoint file can never run code when it is loaded. A resume
+refuses a checkpoint whose model or optimizer state holds NaN or inf.
 A checkpoint is written into a hidden temp directory and renamed into place, so `step_<N>` exists only
-when it is complete; a crash mid-write leaves the previous checkpoints untouched.
+when it is complete; a crash (or a full disk) mid-write leaves the previous checkpoints untouched.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import random
 import re
 import shutil
@@ -32,10 +36,10 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from parcae_lm.errors import CheckpointError
-from parcae_lm.files import replace_dir
+from parcae_lm.files import ensure_dir, replace_dir, write_failure
 
 _STEP_RE = re.compile(r"^step_(\d+)$")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: loadable with weights_only=True (the numpy RNG state as a tensor)
 
 
 @dataclass
@@ -95,9 +99,11 @@ class Checkpoints:
 
 
 def rng_state() -> dict[str, Any]:
+    """Every RNG's state as tensors and plain values (numpy's key array becomes an int64 tensor)."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": (name, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -107,7 +113,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -172,8 +179,11 @@ def save_checkpoint(
     per_rank = _gather({"loader": loader_state, "rng": rng_state()})
     final = ckpt_dir / f"step_{step}"
     if _is_main():
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=f".tmp-step_{step}-"))
+        ensure_dir(ckpt_dir, "checkpoint directory")
+        try:
+            tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=f".tmp-step_{step}-"))
+        except OSError as e:
+            raise write_failure(e, final, f"checkpoint step {step}") from e
         try:
             _fsync_write(tmp / "ranks.pt", per_rank)
             state = {
@@ -186,6 +196,12 @@ def save_checkpoint(
             }
             _fsync_write(tmp / "state.pt", state)
             replace_dir(tmp, final)  # re-saving the same step swaps, never leaving a gap without a good copy
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+            shutil.rmtree(tmp, ignore_errors=True)
+            previous = latest_checkpoint(ckpt_dir)
+            kept = f"; {previous} is intact" if previous else "; no earlier checkpoint exists"
+            error = write_failure(e, final, f"checkpoint step {step}", _tensor_bytes([model_sd, optim_sd]))
+            raise type(error)(f"{error}{kept}") from e
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -194,12 +210,24 @@ def save_checkpoint(
     return final
 
 
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in a nest of dicts/lists/tuples (what a checkpoint needs on disk, roughly)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
 def _prune(ckpt_dir: Path, keep_last_k: int) -> None:
     found = list_checkpoints(ckpt_dir)
     for _, path in found[:-keep_last_k] if keep_last_k > 0 else []:
         shutil.rmtree(path, ignore_errors=True)
-    for p in ckpt_dir.iterdir():  # leftovers of crashed writes
-        if p.name.startswith((".tmp-step_", ".old-step_")) and p.is_dir():
+    for p in ckpt_dir.iterdir():  # leftovers of crashed writes (files.replace_dir names the old copy)
+        leftover = p.name.startswith(".tmp-step_") or (p.name.startswith(".step_") and ".old-" in p.name)
+        if leftover and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -215,26 +243,89 @@ def load_checkpoint(
     state_file = path / "state.pt"
     if not state_file.is_file():
         raise CheckpointError(f"{path} is not a training checkpoint (no state.pt)")
-    try:
-        state = torch.load(state_file, map_location="cpu", weights_only=False)
-        per_rank = torch.load(path / "ranks.pt", map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    state = _read(state_file)
+    if not isinstance(state, dict) or not set(state) >= _STATE_KEYS:
+        raise CheckpointError(
+            f"{state_file} is not a training checkpoint (expected keys {sorted(_STATE_KEYS)})"
+        )
     if state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {state.get('format_version')} != {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path}: checkpoint format {state.get('format_version')} != {FORMAT_VERSION} (written by another "
+            "version of parcae-lm); resume it with that version, or start the run afresh"
+        )
     check_compat(state["compat"], compat, path)
+    per_rank = _read(path / "ranks.pt")
+    if not isinstance(per_rank, list) or not all(
+        isinstance(r, dict) and {"loader", "rng"} <= set(r) for r in per_rank
+    ):
+        raise CheckpointError(f"{path / 'ranks.pt'} does not hold per-rank loader and RNG states")
     if len(per_rank) != world_size:
         raise CheckpointError(
             f"{path} was written by {len(per_rank)} rank(s) but this run has {world_size}; the data position "
             "is per rank, so resume with the same world size"
         )
+    trainer = state["trainer"]
+    expected = {f.name for f in dataclasses.fields(TrainerState)}
+    if not isinstance(trainer, dict) or set(trainer) != expected:
+        raise CheckpointError(
+            f"{state_file}: trainer counters {trainer!r} do not have the fields {sorted(expected)}"
+        )
+    _check_finite(path, {"model": state["model"], "optimizer": state["optimizer"]})
     try:
         set_model_state_dict(model, state["model"], options=_OPTS)
         set_optimizer_state_dict(model, optimizers, state["optimizer"], options=_OPTS)
-    except (RuntimeError, KeyError, ValueError) as e:
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: model/optimizer state does not fit this model: {e}") from e
-    set_rng_state(per_rank[rank]["rng"])
-    return state["trainer"], per_rank[rank]["loader"]
+    try:
+        set_rng_state(per_rank[rank]["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path / 'ranks.pt'}: unreadable RNG state: {e}") from e
+    return trainer, per_rank[rank]["loader"]
+
+
+_STATE_KEYS = {"format_version", "step", "model", "optimizer", "trainer", "compat"}
+
+
+def _read(file: Path) -> Any:
+    """torch.load with weights_only=True: tensors and plain values only, never arbitrary objects."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{file} is missing: the checkpoint is incomplete") from None
+    except pickle.UnpicklingError as e:
+        first = " ".join(str(e).split())[:300]
+        raise CheckpointError(
+            f"{file} holds objects other than tensors and plain values; it is refused so that loading it "
+            f"cannot run code ({first})"
+        ) from None
+    except Exception as e:  # a truncated or foreign file
+        raise CheckpointError(
+            f"cannot read checkpoint file {file}: {' '.join(str(e).split())[:300]}"
+        ) from None
+
+
+def _check_finite(path: Path, tree: Any, key: str = "") -> None:
+    """Refuse a checkpoint with a NaN or inf anywhere in its model or optimizer state."""
+    if isinstance(tree, torch.Tensor):
+        if tree.is_floating_point() and not bool(torch.isfinite(tree).all()):
+            bad = int((~torch.isfinite(tree)).sum())
+            earlier = [p for s, p in list_checkpoints(path.parent) if s < _step_of(path)]
+            hint = f"delete it to resume from {earlier[-1]}" if earlier else "no earlier checkpoint remains"
+            raise CheckpointError(
+                f"checkpoint {path} holds {bad:,} non-finite value(s) (NaN/inf) in {key} and cannot be resumed "
+                f"from; {hint}"
+            )
+    elif isinstance(tree, dict):
+        for k, v in tree.items():
+            _check_finite(path, v, f"{key}.{k}" if key else str(k))
+    elif isinstance(tree, list | tuple):
+        for i, v in enumerate(tree):
+            _check_finite(path, v, f"{key}[{i}]")
+
+
+def _step_of(path: Path) -> int:
+    m = _STEP_RE.match(path.name)
+    return int(m.group(1)) if m else -1
 
 
 def check_compat(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:

@@ -1,16 +1,24 @@
 """`train(cfg)`: a whole training job, in one process or under torchrun.
 
-The run directory first (config.yaml, tokenizer/), then data, model and optimizer, a resume from the
-newest checkpoint if asked, the budget, the step loop, a final evaluation over the whole validation
-split, and the outputs: the model in `save_pretrained` form, samples.txt, curves.png, summary.json and
-out_dir/latest. A non-finite loss, gradient or weight stops the run with a TrainingError before anything
-is saved, so the last checkpoint on disk is always a good one.
+Everything that can be checked without writing is checked first: the batch split, the data and its
+tokenizer (the shards' fingerprint must match), the model config and the loader. Then rank 0 claims the
+run directory: it takes the directory's exclusive lock for the whole run (a second training into the same
+directory is refused at once, naming the holder), and writes config.yaml and tokenizer/. Then model and
+optimizer, a resume from the newest checkpoint if asked, the budget, the step loop, a final evaluation
+over the whole validation split, and the outputs: the model in `save_pretrained` form, samples.txt,
+curves.png, summary.json and out_dir/latest. A run directory this call created is removed again if the
+setup fails before the first step. A non-finite loss, gradient or weight stops the run with a
+TrainingError before anything is saved, so the last checkpoint on disk is always a good one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +31,9 @@ from parcae_lm.config import ModelConfig
 from parcae_lm.config.train import RunConfig, default_run_name
 from parcae_lm.data.default import prepare_default
 from parcae_lm.data.loader import TokenLoader
-from parcae_lm.errors import ConfigError
-from parcae_lm.files import atomic_write_text
+from parcae_lm.data.shards import check_shards
+from parcae_lm.errors import ConfigError, ParcaeError, StorageError
+from parcae_lm.files import atomic_write_text, ensure_dir, exclusive_lock, write_failure
 from parcae_lm.model import build_model
 from parcae_lm.model.flops import flops_per_token
 from parcae_lm.runtime import matmul_peak_flops
@@ -65,6 +74,9 @@ def train(cfg: RunConfig, start_time: float | None = None) -> RunResult:
         destroy_distributed()
 
 
+LOCK_FILE = ".lock"  # in the run directory; names the process that holds it
+
+
 def _train(cfg: RunConfig, t_start: float, info: DistInfo) -> RunResult:
     configure(cfg.system, info.device)
     # Every rank uses rank 0's run name (a default one carries rank 0's clock).
@@ -72,81 +84,153 @@ def _train(cfg: RunConfig, t_start: float, info: DistInfo) -> RunResult:
         cfg, run_name=broadcast_object(cfg.run_name or default_run_name(cfg.model_name))
     )
     run_dir = Path(cfg.out_dir) / cfg.run_name
-    if not cfg.resume and list_checkpoints(run_dir / "checkpoints"):
-        raise ConfigError(
-            f"run directory {run_dir} already has checkpoints; pass --resume true to continue it, or choose "
-            "another --run_name"
-        )
     cfg.grad_accum_steps(info.world_size)  # fail on an unsplittable batch before preparing data
-    tokenizer, shard_dir = _prepare(cfg, run_dir, info)
+    tokenizer, shard_dir = _prepare(cfg, info)
+    mcfg = cfg.model_config(tokenizer.vocab_size)  # the model overrides, checked before anything is written
+    loader = _loader(cfg, shard_dir, info)  # and enough data for one batch
+    with _claim(run_dir, cfg, tokenizer, info) as setup_done:
+        seed_everything(cfg.seed)
+        stepper = _stepper(cfg, mcfg, info)
+        compat = _compat(cfg, mcfg, shard_dir, info)
+        checkpoints = Checkpoints(run_dir / "checkpoints", compat, cfg.checkpoint.keep_last_k)
+        state = _resume(cfg, checkpoints, stepper, loader, info)
 
-    seed_everything(cfg.seed)
-    mcfg = cfg.model_config(tokenizer.vocab_size)
-    stepper = _stepper(cfg, mcfg, info)
-    loader = _loader(cfg, shard_dir, info)
-    compat = _compat(cfg, mcfg, shard_dir, info)
-    checkpoints = Checkpoints(run_dir / "checkpoints", compat, cfg.checkpoint.keep_last_k)
-    state = _resume(cfg, checkpoints, stepper, loader, info)
+        peak = _matmul_peak(cfg, info)  # after the resume: it draws random matrices
+        token_bytes = torch.as_tensor(tokenizer.token_bytes(), dtype=torch.long)
+        eval_bs = cfg.eval.batch_size or cfg.train.micro_batch_size
+        validator = Validator(shard_dir, eval_bs, cfg.data.seq_len, token_bytes, info)
+        n_params = sum(p.numel() for p in stepper.module.parameters())
+        fpt = float(flops_per_token(mcfg, cfg.data.seq_len))
+        final_depths = eval_depths(cfg.eval, mcfg, final=True)
+        steps = max_steps(cfg, fpt, n_params)
+        budget = _budget(cfg, state, steps, validator, stepper.model, final_depths, t_start)
+        say(info.is_main, _describe(cfg, run_dir, mcfg, n_params, budget, info, peak))
+        setup_seconds = time.time() - t_start
 
-    peak = _matmul_peak(cfg, info)  # after the resume: it draws random matrices
-    token_bytes = torch.as_tensor(tokenizer.token_bytes(), dtype=torch.long)
-    eval_bs = cfg.eval.batch_size or cfg.train.micro_batch_size
-    validator = Validator(shard_dir, eval_bs, cfg.data.seq_len, token_bytes, info)
-    n_params = sum(p.numel() for p in stepper.module.parameters())
-    fpt = float(flops_per_token(mcfg, cfg.data.seq_len))
-    final_depths = eval_depths(cfg.eval, mcfg, final=True)
-    steps = max_steps(cfg, fpt, n_params)
-    budget = _budget(cfg, state, steps, validator, stepper.model, final_depths, t_start)
-    say(info.is_main, _describe(cfg, run_dir, mcfg, n_params, budget, info, peak))
-    setup_seconds = time.time() - t_start
-
-    report = _report(cfg, run_dir, state, budget, Throughput(info.device, fpt, peak, info.world_size), info)
-    with report:
-        train_loop(
-            cfg, state, budget, stepper, loader, validator, eval_depths(cfg.eval, mcfg), checkpoints, report
+        throughput = Throughput(info.device, fpt, peak, info.world_size)
+        report = _report(cfg, run_dir, state, budget, throughput, info)
+        setup_done()
+        with report:
+            train_loop(
+                cfg,
+                state,
+                budget,
+                stepper,
+                loader,
+                validator,
+                eval_depths(cfg.eval, mcfg),
+                checkpoints,
+                report,
+            )
+            report.bar.close()
+            t_eval = time.perf_counter()
+            final = validator(stepper.model, final_depths, max_batches=None)
+            eval_seconds = time.perf_counter() - t_eval
+            report.final(state, final)
+        numbers = {
+            "params": n_params,
+            "flops_per_token": fpt,
+            "matmul_peak_flops": peak,
+            "final_eval_seconds": round(eval_seconds, 2),
+            "setup_seconds": round(setup_seconds, 2),  # data preparation, model build, benchmarks
+            "world_size": info.world_size,
+        }
+        model = full_model(stepper.module, mcfg, cfg.system.strategy)
+        summary = (
+            _finish(cfg, run_dir, model, mcfg, tokenizer, state, final, numbers, t_start)
+            if info.is_main
+            else {}
         )
-        report.bar.close()
-        t_eval = time.perf_counter()
-        final = validator(stepper.model, final_depths, max_batches=None)
-        eval_seconds = time.perf_counter() - t_eval
-        report.final(state, final)
-    numbers = {
-        "params": n_params,
-        "flops_per_token": fpt,
-        "matmul_peak_flops": peak,
-        "final_eval_seconds": round(eval_seconds, 2),
-        "setup_seconds": round(setup_seconds, 2),  # data preparation, model build, benchmarks
-        "world_size": info.world_size,
-    }
-    model = full_model(stepper.module, mcfg, cfg.system.strategy)
-    summary = (
-        _finish(cfg, run_dir, model, mcfg, tokenizer, state, final, numbers, t_start) if info.is_main else {}
-    )
-    barrier()
+        barrier()
     return RunResult(run_dir=run_dir, summary=summary)
 
 
-def _prepare(cfg: RunConfig, run_dir: Path, info: DistInfo) -> tuple[Tokenizer, Path]:
-    """The tokenizer and shard directory (the configured ones, or the default corpus built once, rank 0
-    first); rank 0 writes config.yaml and tokenizer/ into the run directory."""
+def _prepare(cfg: RunConfig, info: DistInfo) -> tuple[Tokenizer, Path]:
+    """The tokenizer and shard directory: the configured ones (the shards checked to be that tokenizer's),
+    or the default corpus built once (rank 0 first). Nothing is written into the run directory yet."""
     if cfg.data.shard_dir is not None:
         shard_dir, tok_dir = Path(cfg.data.shard_dir), Path(cfg.data.tokenizer_dir)
         if not shard_dir.is_dir():
             raise ConfigError(f"data.shard_dir {shard_dir} does not exist")
         if not tok_dir.is_dir():
             raise ConfigError(f"data.tokenizer_dir {tok_dir} does not exist")
-    else:
-        if info.is_main:  # other ranks wait, then find it cached (prepare_default also holds a file lock)
-            prepare_default(None, cfg.data.vocab_size, progress=cfg.log.progress)
-        barrier()
-        tok_dir, shard_dir = (Path(p) for p in prepare_default(None, cfg.data.vocab_size, progress=False))
-    tokenizer = Tokenizer.load(tok_dir)
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(run_dir / "tokenizer")
-        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+        tokenizer = Tokenizer.load(tok_dir)
+        check_shards(shard_dir, tokenizer)
+        return tokenizer, shard_dir
+    if info.is_main:  # other ranks wait, then find it cached (prepare_default also holds a file lock)
+        prepare_default(None, cfg.data.vocab_size, progress=cfg.log.progress)
     barrier()
-    return tokenizer, shard_dir
+    tok_dir, shard_dir = (Path(p) for p in prepare_default(None, cfg.data.vocab_size, progress=False))
+    return Tokenizer.load(tok_dir), shard_dir
+
+
+@contextmanager
+def _claim(run_dir: Path, cfg: RunConfig, tokenizer: Tokenizer, info: DistInfo) -> Iterator[Any]:
+    """Rank 0 holds the run directory's exclusive lock for the whole run. Yields `setup_done`, to call
+    when the run is about to take its first step: it writes config.yaml and tokenizer/ (so a failed setup
+    never leaves a config that did not run); before it, a failure removes a directory this call created.
+    A rank-0 failure here reaches every rank."""
+    created, started = False, False
+
+    def setup_done() -> None:
+        nonlocal started
+        _on_main(info, lambda: _write_run_files(run_dir, cfg, tokenizer))
+        started = True
+
+    with contextlib.ExitStack() as stack:
+
+        def claim() -> None:
+            nonlocal created
+            created = _make_run_dir(run_dir)
+            stack.enter_context(exclusive_lock(run_dir / LOCK_FILE, f"run directory {run_dir}"))
+            if not cfg.resume and list_checkpoints(run_dir / "checkpoints"):
+                raise ConfigError(
+                    f"run directory {run_dir} already has checkpoints; pass --resume true to continue it, "
+                    "or choose another --run_name"
+                )
+
+        try:
+            _on_main(info, claim)
+            yield setup_done
+        except BaseException:
+            if created and not started:
+                shutil.rmtree(run_dir, ignore_errors=True)  # still under our lock: nobody else is in it
+            raise
+
+
+def _on_main(info: DistInfo, work) -> None:
+    """Run `work` on rank 0; a ParcaeError it raises is raised on every rank."""
+    error: ParcaeError | None = None
+    if info.is_main:
+        try:
+            work()
+        except ParcaeError as e:
+            error = e
+    error = broadcast_object(error)
+    if error is not None:
+        raise error
+
+
+def _write_run_files(run_dir: Path, cfg: RunConfig, tokenizer: Tokenizer) -> None:
+    try:
+        tokenizer.save(run_dir / "tokenizer")
+    except OSError as e:  # a StorageError already, or the tokenizers library's own write error
+        raise write_failure(e, run_dir / "tokenizer", "the tokenizer") from e
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml(), "the run config")
+
+
+def _make_run_dir(run_dir: Path) -> bool:
+    """Create the run directory (and out_dir); True if this call created it."""
+    ensure_dir(run_dir.parent, "out_dir")
+    try:
+        run_dir.mkdir()
+    except FileExistsError:
+        if not run_dir.is_dir():
+            raise StorageError(f"run directory {run_dir} is a file, not a directory") from None
+        return False
+    except OSError as e:
+        raise write_failure(e, run_dir, "the run directory") from None
+    return True
 
 
 def _loader(cfg: RunConfig, shard_dir: Path, info: DistInfo) -> TokenLoader:

@@ -1,19 +1,26 @@
 """What a run reports while it trains: metrics.jsonl (always), TensorBoard and W&B (offline, optional),
 throughput and MFU over each logging window, a progress bar, and curves.png at the end.
+
+metrics.jsonl gets one JSON object per line, each written whole and flushed. A process killed mid-write
+can leave its last line torn; readers drop such a last line (with a warning), and a resume rewrites the
+file atomically with the records up to its checkpoint. A damaged line anywhere else is an error naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from parcae_lm.errors import ConfigError
+from parcae_lm.errors import ConfigError, TrainingError
+from parcae_lm.files import atomic_write_text, write_failure
 from parcae_lm.train.distributed import all_reduce_sum
 
 
@@ -32,15 +39,17 @@ class MetricsLogger:
         resume_step: int | None,
     ) -> None:
         self.path = run_dir / "metrics.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if resume_step is not None:  # drop what an interrupted run logged after its last checkpoint
             kept = [
                 r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step and not r.get("final")
             ]
-        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - open for the whole run
-        for r in kept:
-            self._file.write(json.dumps(r) + "\n")
+        # Rewritten whole, then appended to: a crash during the rewrite keeps the old file.
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept), "the metrics")
+        try:
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
+        except OSError as e:
+            raise write_failure(e, self.path, "the metrics") from e
         self._tb = None
         self._wandb = None
         if tensorboard:
@@ -68,8 +77,11 @@ class MetricsLogger:
 
     def log(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        self._file.write(json.dumps(clean) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(clean) + "\n")  # one line, one write
+            self._file.flush()
+        except OSError as e:
+            raise write_failure(e, self.path, "the metrics") from e
         step = int(record.get("step", 0))
         scalars = {k: v for k, v in record.items() if isinstance(v, int | float) and k != "step"}
         kind = record.get("kind", "train")
@@ -80,7 +92,8 @@ class MetricsLogger:
             self._wandb.log({f"{kind}/{k}": v for k, v in scalars.items()}, step=step)
 
     def close(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):  # every line was flushed (or its failure reported) already
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
         if self._wandb is not None:
@@ -176,9 +189,28 @@ def say(enabled: bool, message: str) -> None:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl ([] if there is none). A torn last line (its writer was killed
+    mid-write) is dropped with a warning; a damaged line before it raises TrainingError naming it."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+    records = []
+    for n, (lineno, line) in enumerate(numbered):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError(f"a {type(record).__name__}, not an object")
+        except ValueError as e:
+            if n == len(numbered) - 1:
+                warnings.warn(f"{path}:{lineno}: dropping a torn last line ({e})", stacklevel=2)
+                break
+            raise TrainingError(
+                f"{path}:{lineno} is not a JSON object ({e}); the metrics file is damaged: remove that line "
+                "to use it"
+            ) from None
+        records.append(record)
+    return records
 
 
 def plot_curves(metrics_path: Path, out_path: Path, title: str) -> Path | None:
