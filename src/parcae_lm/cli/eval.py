@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 
 from parcae_lm.checkpoint import load_run
@@ -329,6 +330,7 @@ def anchor(
     bundle: Path | None = None,
     batch_size: PositiveInt = 4,
     device: str = "auto",
+    threads: PositiveInt | None = None,
 ) -> None:
     """The external anchor: Gemma-3-270M (pre-trained) zero-shot beside its model card's numbers.
 
@@ -342,7 +344,10 @@ def anchor(
         bundle: Eval bundle directory (default: the one `parcae eval fetch` built in the cache).
         batch_size: Sequences per forward pass (the 262k-token vocabulary makes each logit row 1 MB).
         device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
+        threads: CPU threads for torch (default: torch's choice).
     """
+    if threads is not None:
+        torch.set_num_threads(threads)
     tasks = find_bundle(bundle)
     lm, tok = load_hf_model(fetch_anchor_model(), device=resolve_device(device))
     (score,) = evaluate_suite(
