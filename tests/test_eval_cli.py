@@ -58,6 +58,7 @@ def test_core_sweep_writes_json_markdown_and_plot(runs, tmp_path):
     assert out["results"][0]["core_tasks_evaluated"] == ["boolq", "lambada_openai"]
     assert len(out["missing"]) == 20 and "winograd" in out["missing"]
     assert out["results"][0]["tasks"]["boolq"]["num_examples"] == 3
+    assert out["bundle"] == {"source": "dclm"}  # the data's provenance, not a path of this machine
     assert (tmp_path / "core.png").stat().st_size > 0 and "core_metric" in (tmp_path / "core.md").read_text()
 
 

@@ -429,7 +429,7 @@ def _suite(
     payload = {
         "suite": suite.value,
         "model": str(model),
-        "bundle": str(bundle.root),
+        "bundle": bundle.provenance(),
         "seeds": seeds,
         "max_per_task": max_per_task,
         "num_fewshot": num_fewshot,
