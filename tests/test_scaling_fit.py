@@ -23,10 +23,10 @@ from parcae_lm.cli import main
 from parcae_lm.errors import ConfigError
 from parcae_lm.scaling.isoflop import Bootstrap, fit_isoflop
 from parcae_lm.scaling.laws import effective_params, fit_parametric, fit_unified
-from parcae_lm.scaling.report import markdown_isoflop, markdown_testtime
+from parcae_lm.scaling.report import markdown_isoflop, markdown_law, markdown_testtime
 from parcae_lm.scaling.solver import HuberSettings
 from parcae_lm.scaling.table import RunTable
-from parcae_lm.scaling.testtime import fit_test_time, fit_test_time_groups
+from parcae_lm.scaling.testtime import TestTimeFits, fit_test_time, fit_test_time_groups
 
 BUDGETS = np.array([1, 2, 4, 8, 16, 64]) * 1e18
 MUS = [2, 4, 6, 8, 10, 12]
@@ -193,13 +193,13 @@ def test_effective_params():
 
 def test_parametric_recovers_paper_law():
     n, d, clean = parametric_data(noise=0.0)
-    fit = fit_parametric(n, d, clean, HuberSettings(n_starts=8))
+    fit = fit_parametric(n, d, clean, HuberSettings(n_starts=8), n_boot=0)
     assert (fit["alpha"], fit["beta"]) == pytest.approx((ALPHA, BETA), abs=1e-4)
     np.testing.assert_allclose([fit["E"], fit["A"], fit["B"]], [E, A, B], rtol=2e-3)
     assert fit.huber < 1e-12 and fit.converged
 
     n, d, noisy = parametric_data(noise=1e-3, seed=3)
-    fit = fit_parametric(n, d, noisy, HuberSettings(n_starts=8))
+    fit = fit_parametric(n, d, noisy, HuberSettings(n_starts=8), n_boot=0)
     assert abs(fit["alpha"] - ALPHA) < 0.03 and abs(fit["beta"] - BETA) < 0.03
     assert abs(fit["E"] / E - 1) < 0.01
     assert fit.mean_abs_rel_error < 2e-3  # ≈ the 0.1% noise
@@ -270,7 +270,7 @@ def test_test_time_groups_and_bad_input():
 
 def test_unified_law_recovery():
     mu, n, d, t, loss = unified_data(noise=1e-3)
-    fit = fit_unified(mu, n, d, t, loss, settings=HuberSettings(n_starts=8))
+    fit = fit_unified(mu, n, d, t, loss, settings=HuberSettings(n_starts=8), n_boot=0)
     assert "gamma" not in fit.to_dict()["fitted"] and fit["gamma"] == 1.0
     assert abs(fit["E"] / E - 1) < 0.01
     assert abs(fit["x"] - ALPHA) < 0.03 and abs(fit["y"] - BETA) < 0.03
@@ -278,7 +278,7 @@ def test_unified_law_recovery():
     assert fit.mean_abs_rel_error < 2e-3
 
     mu, n, d, t, loss = unified_data(noise=1e-3, gamma=1.2, seed=1)
-    fit = fit_unified(mu, n, d, t, loss, learn_gamma=True, settings=HuberSettings(n_starts=8))
+    fit = fit_unified(mu, n, d, t, loss, learn_gamma=True, settings=HuberSettings(n_starts=8), n_boot=0)
     assert "gamma" in fit.to_dict()["fitted"] and fit["gamma"] == pytest.approx(1.2, abs=0.02)
     with pytest.raises(ConfigError, match="at least 9 points"):
         fit_unified(mu[:8], n[:8], d[:8], t[:8], loss[:8], learn_gamma=True)
@@ -335,6 +335,7 @@ def test_cli_isoflop_and_parametric(tmp_path, capsys):
 
     # N_eff computed from the μ column (--core-params/--other-params) equals the n_eff column.
     args = ["fit", "parametric", str(tmp_path / "runs.csv"), "--n_starts", "4", "--n_candidates", "512"]
+    args += ["--n_boot", "10"]
     assert main([*args, "--out", str(tmp_path / "p1")]) == 0
     assert (
         main([*args, "--out", str(tmp_path / "p2"), "--core_params", "1.4e7", "--other_params", "5e7"]) == 0
@@ -363,6 +364,7 @@ def test_cli_testtime_unified_and_errors(tmp_path, capsys):
     mu, n, d, t, loss = unified_data(noise=0.0)
     write_csv(tmp_path / "all.csv", [dict(zip(names, r)) for r in zip(mu, n, d, t, loss)])
     argv = ["fit", "unified", str(tmp_path / "all.csv"), "--out", str(tmp_path / "u"), "--n_starts", "4"]
+    argv += ["--n_boot", "0"]
     assert main(argv) == 0
     u = json.loads((tmp_path / "u" / "unified.json").read_text())["result"]
     assert u["z"] == pytest.approx(1.5, rel=1e-3) and u["gamma"] == 1.0
@@ -373,3 +375,145 @@ def test_cli_testtime_unified_and_errors(tmp_path, capsys):
     assert "missing column 'bpb'" in err and "Traceback" not in err
     assert main(["fit", "parametric", str(path), "--out", str(tmp_path / "e"), "--core_params", "1e7"]) == 2
     assert "--other_params" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Synthetic truth: point estimates and interval coverage by Monte Carlo (no false certainty)
+
+
+def isoflop_design(mus, sigma: float, seed: int, curvature: float = 0.08):
+    """Budgets as above; each budget's μ values from `mus(μ*)`; loss parabolic in ln μ plus noise."""
+    rng = np.random.default_rng(seed)
+    flops, mu, loss = [], [], []
+    for c in BUDGETS:
+        for m in mus(mu_star(c)):
+            flops.append(c)
+            mu.append(m)
+            loss.append(
+                3.5 * (c / 1e18) ** -0.05
+                + curvature * (math.log(m) - math.log(mu_star(c))) ** 2
+                + rng.normal(0, sigma)
+            )
+    return np.array(flops), np.array(mu), np.array(loss)
+
+
+GRID = lambda _star: MUS  # noqa: E731  (the paper's fixed grid: optima drift towards its edges)
+AROUND4 = lambda star: [star / 2.5, star / 1.4, star * 1.4, star * 2.5]  # noqa: E731
+
+
+@pytest.mark.parametrize(
+    ("mus", "sigma", "method"),
+    [(GRID, 0.002, Bootstrap.RUNS), (GRID, 0.01, Bootstrap.RESIDUALS), (AROUND4, 0.01, Bootstrap.RUNS)],
+    ids=["grid-runs", "grid-residuals", "4-around-the-optimum"],
+)
+def test_isoflop_interval_covers_the_true_exponent(mus, sigma, method):
+    # 200 datasets: a 95% interval should cover ~95% (binomial sd 1.5%); measured 96-100% on these
+    # designs, where the bootstrap alone covered 80-84% with 4 runs per budget and the t interval alone
+    # 85-89% on the fixed grid. The point estimate is unbiased to well within its spread.
+    estimates, covered = [], 0
+    for seed in range(200):
+        p = fit_isoflop(*isoflop_design(mus, sigma, seed), n_boot=200, seed=seed, bootstrap=method).power_law
+        estimates.append(p.exponent)
+        assert p.exponent_ci is not None and p.exponent_ci[1] - p.exponent_ci[0] > 0
+        covered += p.exponent_ci[0] <= A_MU <= p.exponent_ci[1]
+    assert 0.92 <= covered / 200 <= 1.0
+    assert abs(np.median(estimates) - A_MU) < 0.2 * np.std(estimates) + 0.002
+
+
+def test_isoflop_three_runs_per_budget_has_no_interval():
+    # A parabola through 3 points fits them exactly: no interval can be honest, so none is given
+    # (the bootstrap used to resample the same 3 runs and print a zero-width interval).
+    flops, mu, loss = isoflop_design(lambda star: [star / 2, star, star * 2.2], 0.01, seed=4)
+    fit = fit_isoflop(flops, mu, loss, n_boot=500)
+    p = fit.power_law
+    assert p.exponent_ci is None and p.exponent_ci_bootstrap is None and p.exponent_ci_t is None
+    assert p.coefficient_ci is None and p.n_boot == 0 and p.band(1e18) is None
+    assert "only 3 distinct mean_recurrence" in p.ci_note and p.ci_note in fit.warnings
+    assert all(b.distinct == 3 and b.boot_dropped is None for b in fit.budgets)
+    text = markdown_isoflop(fit)
+    assert "no interval" in text and "warning:" in text
+    assert json.loads(json.dumps(fit.to_dict()))["power_law"]["exponent_ci"] is None
+
+
+def test_cli_isoflop_prints_why_there_is_no_interval(tmp_path, capsys):
+    rows = [r for r in isoflop_rows(sigma=0.01) if r["mean_recurrence"] in (2, 6, 12)]  # 3 runs per budget
+    write_csv(tmp_path / "runs.csv", rows)
+    assert main(["fit", "isoflop", str(tmp_path / "runs.csv"), "--out", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out
+    assert "no interval" in printed and "warning:" in printed and "only 3 distinct" in printed
+    result = json.loads((tmp_path / "o" / "isoflop.json").read_text())["result"]
+    assert result["mean_recurrence"]["power_law"]["exponent_ci"] is None
+    assert (
+        result["mean_recurrence"]["warnings"] and (tmp_path / "o" / "powerlaw_mean_recurrence.png").is_file()
+    )
+
+
+def test_isoflop_warns_about_an_extrapolated_vertex_and_reports_bootstrap_drops():
+    # The largest budget's runs all lie below its optimum: the vertex is 1.3x beyond the sampled range.
+    star = mu_star(BUDGETS[-1])
+    flops, mu, loss = isoflop_design(
+        lambda s: [s / 4, s / 2.6, s / 1.9, s / 1.3] if s == star else MUS, 0.002, 0
+    )
+    fit = fit_isoflop(flops, mu, loss, n_boot=300, seed=1)
+    last = fit.budgets[-1]
+    assert last.used and last.extrapolation == pytest.approx(1.3, rel=0.05)
+    assert any("extrapolated 1.2" in w and "not a measured optimum" in w for w in fit.warnings)
+    assert all(b.boot_dropped is not None and 0 <= b.boot_dropped <= 1 for b in fit.budgets)
+    assert last.boot_dropped > 0  # resamples without the runs nearest the optimum push it further out
+    assert "1.28x" in markdown_isoflop(fit)
+
+
+def test_test_time_t_intervals_cover_the_truth():
+    # 8 depths, 3 parameters: t(5) = 2.57 instead of 1.96. Measured over 300 datasets: 91-96% per
+    # parameter (the normal quantile gave 85-88%).
+    t = np.array([1, 2, 4, 6, 8, 12, 16, 24], dtype=float)
+    truth = (3.0, 0.8, 0.5)
+    covered = np.zeros(3)
+    for seed in range(300):
+        y = truth[0] + truth[1] * np.exp(-truth[2] * t) + np.random.default_rng(seed).normal(0, 1e-2, t.size)
+        f = fit_test_time(t, y)
+        for j, ci in enumerate([f.L_inf_ci, f.Z_ci, f.z_ci]):
+            covered[j] += ci[0] <= truth[j] <= ci[1]
+        assert not f.at_bound
+    assert np.all(covered / 300 >= 0.89) and np.all(covered / 300 <= 0.99)
+
+
+def test_test_time_gives_no_interval_for_what_the_data_cannot_determine():
+    t = np.array([1, 2, 4, 6, 8, 12], dtype=float)
+    # a loss that falls to ~0: L∞ ends on its lower bound 0
+    fit = fit_test_time(t, np.array([0.5, 0.3, 0.1, 0.02, 0.001, 0.0005]))
+    assert fit.at_bound == {"L_inf": "lower"} and fit.L_inf_ci is None and fit.z_ci is not None
+    # the whole drop happens before the second depth: only a lower bound on z is measured
+    fit = fit_test_time(t, np.array([3.8, 3.0, 3.0001, 3.0, 3.0001, 3.0]))
+    assert fit.Z_ci is None and fit.z_ci is None and fit.L_inf_ci is not None
+    assert "not determined separately" in fit.note
+    text = markdown_testtime(TestTimeFits(None, [fit]))
+    assert "no interval" in text and "not determined separately" in text
+
+
+def test_law_intervals_are_seeded_and_flag_undetermined_parameters():
+    # Loss that depends on D alone (the one-size-sweep failure): N_eff's exponent is not determined.
+    n, d, _ = parametric_data(noise=0.0)
+    loss = (2.0 + 400.0 * d**-0.3) * np.exp(np.random.default_rng(0).normal(0, 1e-3, d.size))
+    fit = fit_parametric(n, d, loss, HuberSettings(n_starts=4, n_candidates=512), n_boot=12, seed=3)
+    again = fit_parametric(n, d, loss, HuberSettings(n_starts=4, n_candidates=512), n_boot=12, seed=3)
+    assert fit.intervals == again.intervals and fit.n_valid == 12
+    undetermined = set(fit.at_bound) | {k for k, v in fit.boot_at_bound.items() if v >= 0.05}
+    assert undetermined & {"E", "A", "alpha"}  # the N_eff term (or E, which trades off with it) is loose
+    assert fit.warnings and any("bound" in w for w in fit.warnings)
+    assert "at the solver's" in markdown_law(fit) or "of replicates at a bound" in markdown_law(fit)
+    none = fit_parametric(n, d, loss, HuberSettings(n_starts=4, n_candidates=512), n_boot=0)
+    assert none.intervals is None and none.to_dict()["intervals"] is None
+
+
+@pytest.mark.slow
+def test_parametric_law_intervals_cover_the_truth():
+    # 24 datasets x 60 replicates (a few minutes of CPU). Measured: see docs/scaling.md.
+    hits = {"alpha": 0, "beta": 0, "E": 0}
+    for seed in range(24):
+        n, d, loss = parametric_data(noise=1e-3, seed=100 + seed)
+        fit = fit_parametric(n, d, loss, HuberSettings(n_starts=2, n_candidates=512), n_boot=60, seed=seed)
+        for name, truth in [("alpha", ALPHA), ("beta", BETA), ("E", E)]:
+            lo, hi = fit.intervals[name]
+            hits[name] += lo <= truth <= hi
+    assert all(v >= 19 for v in hits.values()), hits  # >= 79%: a zero-width or badly narrow CI fails

@@ -21,6 +21,8 @@ COMMANDS = {
             "lambada": eval.lambada,
             "reasoning": eval.reasoning,
             "fetch": eval.fetch,
+            "parity": eval.parity,
+            "anchor": eval.anchor,
         },
     ),
     "data": Group(

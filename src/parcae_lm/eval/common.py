@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -106,6 +107,17 @@ def bos_token(tokenizer: EvalTokenizer) -> int:
     if tokenizer.bos_id is None:
         raise EvalError("the tokenizer has no BOS token; CORE/LAMBADA prompts start with BOS")
     return int(tokenizer.bos_id)
+
+
+def wilson_interval(accuracy: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion measured on n examples (sound near 0 and 1, unlike the
+    normal approximation)."""
+    if n < 1 or not 0 < level < 1:
+        raise EvalError(f"need n >= 1 and a level in (0, 1), got n={n}, level={level}")
+    z = statistics.NormalDist().inv_cdf(0.5 + level / 2)
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

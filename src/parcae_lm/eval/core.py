@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ from parcae_lm.eval.common import (
     model_device,
     pad_right,
     pad_token,
+    wilson_interval,
 )
 from parcae_lm.eval.tasks import CORE_LABELS, DEFAULT_SEEDS, Suite, TaskSpec, suite_tasks
 
@@ -240,9 +241,11 @@ class SuiteScore:
         for label, t in self.tasks.items():
             acc_m, acc_s = mean_std([t.accuracy[s] for s in self.seeds])
             cen_m, cen_s = mean_std([t.centered(s) for s in self.seeds])
+            lo, hi = wilson_interval(acc_m, t.num_examples)
             tasks[label] = {
                 "accuracy": acc_m,
                 "accuracy_std": acc_s,
+                "accuracy_ci95": [lo, hi],
                 "centered": cen_m,
                 "centered_std": cen_s,
                 "random_baseline": t.random_baseline,
@@ -275,8 +278,12 @@ def evaluate_suite(
     batch_size: int = 8,
     max_per_task: int | None = None,
     tasks: Sequence[str] | None = None,
+    num_fewshot: int | None = None,
 ) -> list[SuiteScore]:
     """Evaluate the suite at every depth; returns one SuiteScore per depth (in order).
+
+    `num_fewshot` replaces every task's few-shot count (e.g. 0 to compare with published zero-shot
+    numbers); None keeps the suite's.
 
     Rows are built once per (task, seed) and reused at every depth. `torch.manual_seed(seed)` is set before
     each scoring pass so models with random initial states are deterministic for a given seed.
@@ -294,6 +301,8 @@ def evaluate_suite(
             raise EvalError(f"unknown task(s) for suite {suite.value}: {unknown}")
         specs = tuple(s for s in specs if s.label in set(tasks))
     resolved = bundle.resolve(specs)
+    if num_fewshot is not None:
+        resolved.available = [replace(s, num_fewshot=num_fewshot) for s in resolved.available]
     names = list(depth_names) if depth_names is not None else [str(d) for d in depths]
     scores = [
         SuiteScore(suite, names[i], list(seeds), {}, dict(resolved.missing)) for i in range(len(depths))

@@ -17,20 +17,22 @@ The two laws of the paper:
 - `unified_law()` (Eqs. 4/8): L̂(T | μ_rec, D) = E + X·N(μ_rec)^(−x) + Y·D^(−y) + Z·exp(−z·T/μ_rec^γ),
   γ = 1 as in the paper (or learned).
 
-The paper fits these with L-BFGS from many restarts; see `solver.fit_huber` for ours.
+The paper fits these with L-BFGS from many restarts; see `solver.fit_huber` for ours, and `fit_law` for
+the bootstrap intervals every parameter gets.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from parcae_lm.errors import ConfigError
 from parcae_lm.scaling import metrics
+from parcae_lm.scaling.intervals import percentile_interval
 from parcae_lm.scaling.solver import HuberSettings, fit_huber
 from parcae_lm.scaling.table import MEAN_RECURRENCE, N_EFF, NUM_STEPS, TOKENS, positive
 
@@ -308,7 +310,7 @@ def unified_law(learn_gamma: bool = False) -> Law:
 
 @dataclass
 class LawFit:
-    """A fitted law: its reported parameters and how well it fits."""
+    """A fitted law: its reported parameters, their bootstrap intervals and how well it fits."""
 
     law: Law
     values: dict[str, float]  # reported parameters by name, e.g. {"E": 2.66, "A": 5.2e5, "alpha": 0.77}
@@ -319,6 +321,13 @@ class LawFit:
     n_points: int
     n_starts: int
     converged: bool
+    intervals: dict[str, tuple[float, float]] | None = None  # bootstrap percentile interval per parameter
+    ci_level: float = 0.95
+    n_boot: int = 0
+    n_valid: int = 0  # replicates whose fit converged to a finite objective
+    at_bound: dict[str, str] = field(default_factory=dict)  # parameter -> "lower"/"upper": the solver's box
+    boot_at_bound: dict[str, float] = field(default_factory=dict)  # share of replicates with it at a bound
+    warnings: list[str] = field(default_factory=list)
 
     def __getitem__(self, name: str) -> float:
         return self.values[name]
@@ -332,6 +341,13 @@ class LawFit:
             "law": self.law.formula,
             **self.values,
             "fitted": [p.name for p in self.law.params],
+            "intervals": None if self.intervals is None else {k: list(v) for k, v in self.intervals.items()},
+            "ci_level": self.ci_level,
+            "n_boot": self.n_boot,
+            "n_valid": self.n_valid,
+            "at_bound": self.at_bound,
+            "boot_at_bound": self.boot_at_bound,
+            "warnings": self.warnings,
             "huber": self.huber,
             "delta": self.delta,
             "mean_abs_rel_error": self.mean_abs_rel_error,
@@ -342,19 +358,42 @@ class LawFit:
         }
 
 
+def _at_bound(theta: np.ndarray, bounds: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """-1 / +1 where a parameter sits on its lower / upper bound (within 1e-6 of the box width), else 0."""
+    lo, hi = bounds
+    tol = 1e-6 * (hi - lo)
+    return np.where(theta <= lo + tol, -1, np.where(theta >= hi - tol, 1, 0))
+
+
 def fit_law(
     law: Law,
     data: Mapping[str, ArrayLike],
     loss: ArrayLike,
     settings: HuberSettings | None = None,
+    *,
+    n_boot: int = 200,
+    ci: float = 0.95,
+    seed: int = 0,
 ) -> LawFit:
     """Fit `law` to `loss` observed at `data` (one array per column of `law.columns`): Huber loss
     (δ = settings.delta) between ln L̂ and ln L, best of `settings.n_starts` solver runs started from the
     best-scoring of `settings.n_candidates` seeded random initialisations. Needs more points than the
-    law has parameters."""
+    law has parameters.
+
+    Every parameter gets a bootstrap interval (`n_boot` replicates, seeded by `seed`; 0 for none): the
+    runs are resampled with replacement (redrawn while fewer distinct runs than parameters + 1), the law
+    is refitted from the point estimate and from the best of a fresh set of random starts, and the central `ci`
+    share of each reported parameter is its interval. A parameter on the solver's box (e.g. E at ~0 or
+    an exponent at 0) is not determined by the data: the fit flags it, and reports how often replicates
+    end on a bound, which cuts their interval there.
+    """
     missing = [c for c in law.columns if c not in data]
     if missing:
         raise ConfigError(f"the {law.name} law needs column(s) {', '.join(missing)}")
+    if not 0 < ci < 1:
+        raise ConfigError(f"ci must be in (0, 1), got {ci}")
+    if n_boot < 0:
+        raise ConfigError(f"n_boot must be >= 0, got {n_boot}")
     arrays: dict[str, np.ndarray] = {}
     n: int | None = None
     for c in law.columns:
@@ -368,9 +407,66 @@ def fit_law(
     log_loss = np.log(l_a)
     bound = law.bind(arrays, log_loss)
     settings = settings or HuberSettings()
-    res = fit_huber(bound.terms, log_loss, *bound.starts(), bound.bounds(), settings)
+    box = bound.bounds()
+    res = fit_huber(bound.terms, log_loss, *bound.starts(), box, settings)
     values = bound.report(res.theta)
     pred = law.predict(values, arrays)
+    names = [q.name for q in law.params]
+    warnings: list[str] = []
+    at_bound = {}
+    for name, side, q in zip(names, _at_bound(res.theta, box), law.params):
+        if side:
+            at_bound[name] = "lower" if side < 0 else "upper"
+            edge = q.bounds[0] if side < 0 else q.bounds[1]
+            warnings.append(
+                f"{name} = {values[name]:.4g} sits on the solver's {at_bound[name]} bound ({edge:g} in the "
+                "fitted parameterisation): the data do not determine it"
+            )
+
+    intervals, boot_at_bound, n_valid = None, {}, 0
+    if n_boot:
+        rng = np.random.default_rng(seed)
+        replicate = HuberSettings(
+            delta=settings.delta,
+            n_starts=1,
+            n_candidates=max(1, settings.n_candidates // 8),
+            max_evals=settings.max_evals,
+        )
+        rows = np.arange(n)
+        reported: list[list[float]] = []
+        hits = np.zeros(p)
+        for _replicate in range(n_boot):
+            for _attempt in range(100):
+                pick = rng.choice(rows, n)
+                if np.unique(pick).size > p:
+                    break
+            sample = {c: v[pick] for c, v in arrays.items()}
+            b_bound = law.bind(sample, log_loss[pick])
+            try:
+                b_res = fit_huber(
+                    b_bound.terms,
+                    log_loss[pick],
+                    *b_bound.starts(),
+                    box,
+                    replace(replicate, seed=int(rng.integers(2**31))),
+                    extra_starts=_transfer(res.theta, bound, b_bound),
+                )
+            except ConfigError:
+                continue  # the fit diverged from every start: the replicate carries no estimate
+            b_values = b_bound.report(b_res.theta)
+            reported.append([b_values[name] for name in names])
+            hits += _at_bound(b_res.theta, box) != 0
+        n_valid = len(reported)
+        if n_valid:
+            arr = np.array(reported)
+            intervals = {name: percentile_interval(arr[:, j], ci) for j, name in enumerate(names)}
+            boot_at_bound = {name: float(hits[j] / n_valid) for j, name in enumerate(names)}
+            for name, share in boot_at_bound.items():
+                if share >= 0.05 and name not in at_bound:
+                    warnings.append(
+                        f"{name} ends on a solver bound in {100 * share:.0f}% of bootstrap replicates: "
+                        "its interval is cut there and the data barely determine it"
+                    )
     return LawFit(
         law=law,
         values=values,
@@ -381,14 +477,42 @@ def fit_law(
         n_points=n,
         n_starts=res.n_starts,
         converged=res.converged,
+        intervals=intervals,
+        ci_level=ci,
+        n_boot=n_boot,
+        n_valid=n_valid,
+        at_bound=at_bound,
+        boot_at_bound=boot_at_bound,
+        warnings=warnings,
     )
 
 
+def _transfer(theta: np.ndarray, source: BoundLaw, target: BoundLaw) -> np.ndarray:
+    """θ of `source` re-expressed for `target`: a centred log-coefficient depends on the data's centre
+    (a' = ln A − α·ln x₀), so a start taken from another sample is moved to the new centre."""
+    out = theta.copy()
+    for term, p_src, p_tgt, span in zip(source.law.terms, source.preps, target.preps, source.spans):
+        if isinstance(term, PowerLaw):
+            a, alpha = theta[span][0], theta[span][1]
+            out[span.start] = a + alpha * (p_src.log_centre - p_tgt.log_centre)
+    return np.clip(out, *source.bounds())
+
+
 def fit_parametric(
-    n_eff: ArrayLike, tokens: ArrayLike, loss: ArrayLike, settings: HuberSettings | None = None
+    n_eff: ArrayLike,
+    tokens: ArrayLike,
+    loss: ArrayLike,
+    settings: HuberSettings | None = None,
+    *,
+    n_boot: int = 200,
+    ci: float = 0.95,
+    seed: int = 0,
 ) -> LawFit:
-    """Fit L = E + A·N_eff^(−α) + B·D^(−β) (paper Eq. 7, Chinchilla approach 3). Needs ≥ 6 runs."""
-    return fit_law(PARAMETRIC, {N_EFF: n_eff, TOKENS: tokens}, loss, settings)
+    """Fit L = E + A·N_eff^(−α) + B·D^(−β) (paper Eq. 7, Chinchilla approach 3). Needs ≥ 6 runs.
+    Bootstrap intervals as in `fit_law`."""
+    return fit_law(
+        PARAMETRIC, {N_EFF: n_eff, TOKENS: tokens}, loss, settings, n_boot=n_boot, ci=ci, seed=seed
+    )
 
 
 def fit_unified(
@@ -400,11 +524,15 @@ def fit_unified(
     *,
     learn_gamma: bool = False,
     settings: HuberSettings | None = None,
+    n_boot: int = 200,
+    ci: float = 0.95,
+    seed: int = 0,
 ) -> LawFit:
     """Fit the unified law (`unified_law`) jointly over models and test-time depths: N(μ_rec) the unrolled
-    parameter count (`effective_params`), D training tokens, T test-time recurrence."""
+    parameter count (`effective_params`), D training tokens, T test-time recurrence. Bootstrap intervals
+    as in `fit_law`."""
     data = {MEAN_RECURRENCE: mean_recurrence, N_EFF: n_eff, TOKENS: tokens, NUM_STEPS: steps}
-    return fit_law(unified_law(learn_gamma), data, loss, settings)
+    return fit_law(unified_law(learn_gamma), data, loss, settings, n_boot=n_boot, ci=ci, seed=seed)
 
 
 def effective_params(core_params: float, other_params: float, mean_recurrence: float | np.ndarray):

@@ -84,15 +84,16 @@ def plot_power_law(fit: IsoFlopFit, path: str | Path) -> Path:
     ys = np.array([b.optimum for b in used])
     grid = np.geomspace(cs.min() / 1.5, cs.max() * 1.5, 100)
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    lo, hi = p.band(grid)
-    pct = round(100 * p.ci_level)
-    ax.fill_between(grid, lo, hi, color="C0", alpha=0.2, label=f"{pct}% bootstrap band")
-    ax.plot(
-        grid,
-        p.predict(grid),
-        color="C0",
-        label=f"{fit.variable}* ∝ C^{p.exponent:.3f} [{p.exponent_ci[0]:.3f}, {p.exponent_ci[1]:.3f}]",
-    )
+    band = p.band(grid)
+    label = f"{fit.variable}* ∝ C^{p.exponent:.3f}"
+    if band is not None and p.exponent_ci is not None:
+        ax.fill_between(
+            grid, *band, color="C0", alpha=0.2, label=f"{round(100 * p.ci_level)}% bootstrap band"
+        )
+        label += f" [{p.exponent_ci[0]:.3f}, {p.exponent_ci[1]:.3f}]"
+    else:
+        label += " (no interval)"
+    ax.plot(grid, p.predict(grid), color="C0", label=label)
     ax.scatter(cs, ys, color="k", zorder=3, label="iso-FLOP optima")
     skipped = [b for b in fit.budgets if not b.used and b.optimum is not None]
     if skipped:
@@ -106,7 +107,7 @@ def plot_power_law(fit: IsoFlopFit, path: str | Path) -> Path:
         )
     ax.set_xscale("log")
     ax.set_yscale("log")
-    _plain_ticks(ax.yaxis, np.concatenate([lo, hi, ys]))
+    _plain_ticks(ax.yaxis, np.concatenate([*(band or ()), ys]))
     ax.set_xlabel("training FLOPs C")
     ax.set_ylabel(f"optimal {_label(fit.variable)}")
     ax.legend(fontsize=8)

@@ -83,14 +83,15 @@ def fit_huber(
     init_high: np.ndarray,
     bounds: tuple[np.ndarray, np.ndarray],
     settings: HuberSettings,
+    extra_starts: np.ndarray | None = None,
 ) -> HuberResult:
     """Minimise Σ Huber_δ(logsumexp(terms(θ)) − ln L) within `bounds`, from the best of many random starts.
 
     `n_candidates` seeded uniform draws in [init_low, init_high] are scored in one vectorised pass;
     a bounded trust-region solver (scipy `least_squares`, loss="huber", f_scale=δ, which is exactly
-    the Huber objective) starts from the `n_starts` best, and the lowest final objective wins. The
-    paper used L-BFGS on the same objective; L-BFGS-B turned out ~20× slower here because its tiny
-    BLAS calls contend for threads on a busy machine, and the minimum it reaches is the same.
+    the Huber objective) starts from the `n_starts` best (and from each row of `extra_starts`, e.g. a
+    previous optimum), and the lowest final objective wins. The paper used L-BFGS on the same
+    objective; any solver that reaches its minimum gives the same parameters.
     """
     opt = require_scipy_optimize()
     delta = settings.delta
@@ -112,6 +113,8 @@ def fit_huber(
         t, _ = terms(cand[s : s + 256], False)
         scores[s : s + 256] = huber(logsumexp(t) - log_loss, delta).mean(axis=-1)
     starts = cand[np.argsort(scores)[: settings.n_starts]]
+    if extra_starts is not None:
+        starts = np.concatenate([np.atleast_2d(extra_starts), starts])
 
     best, best_obj = None, math.inf
     with warnings.catch_warnings():

@@ -1,8 +1,13 @@
 """The per-model test-time law of §5.3: L(T) = L∞ + Z·exp(−z·T) over test-time recurrences T.
 
 Fitted by plain nonlinear least squares on the loss (not the Huber-on-log-loss solver of the laws in
-`laws.py`): Z is free in sign, so a loss that rises with T is fitted too, and the standard errors come
-from the least-squares covariance. Needs scipy (the 'scaling' extra).
+`laws.py`): Z is free in sign, so a loss that rises with T is fitted too. The standard errors come from
+the least-squares covariance, and the intervals are estimate ± t(n − 3)·SE: with the 6–10 depths a
+model is usually evaluated at, Student's t with n − 3 degrees of freedom (not the normal 1.96) is what
+keeps a 95% interval at 95%. No interval is given where the data cannot determine a parameter: one
+on its bound (L∞ = 0, z = 0 or z = 50), or Z and z when the decay is over before the smallest depth
+(z·T_min > 7) or has barely begun by the largest (z·(T_max − T_min) < 1e-3), where only a bound on z is
+measured and the covariance's standard errors mean nothing. Needs scipy (the 'scaling' extra).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 
 from parcae_lm.errors import ConfigError
 from parcae_lm.scaling import metrics
+from parcae_lm.scaling.intervals import t_quantile
 from parcae_lm.scaling.solver import require_scipy_optimize
 from parcae_lm.scaling.table import positive
 
@@ -34,6 +40,12 @@ class TestTimeFit:
     L_inf_se: float
     Z_se: float
     z_se: float
+    L_inf_ci: tuple[float, float] | None  # None: the parameter is not determined (see `note`)
+    Z_ci: tuple[float, float] | None
+    z_ci: tuple[float, float] | None
+    ci_level: float
+    at_bound: dict[str, str]  # parameter -> "lower"/"upper"
+    note: str  # why an interval is missing ("" when all three have one)
     r2: float
     rmse: float
     n_points: int
@@ -61,8 +73,17 @@ class TestTimeFits:
         return {"group_column": self.group_column, "fits": [f.to_dict() for f in self.fits]}
 
 
+BOUNDS = ((0.0, -np.inf, 0.0), (np.inf, np.inf, 50.0))  # (L∞, Z, z)
+DECAY_DONE = 7.0  # z·T_min beyond this: exp(−z·T) < 0.1% at every depth measured
+DECAY_UNSTARTED = 1e-3  # z·(T_max − T_min) below this: exp(−z·T) is a straight line over the depths
+
+
 def fit_test_time(
-    steps: Sequence[float] | np.ndarray, loss: Sequence[float] | np.ndarray, *, label: str = ""
+    steps: Sequence[float] | np.ndarray,
+    loss: Sequence[float] | np.ndarray,
+    *,
+    label: str = "",
+    ci: float = 0.95,
 ) -> TestTimeFit:
     """Fit L(T) = L∞ + Z·exp(−z·T) by least squares (scipy `curve_fit`, trust-region reflective).
 
@@ -70,7 +91,8 @@ def fit_test_time(
     [1e-3, 20] with (L∞, Z) solved exactly; `curve_fit` then refines all three within bounds
     L∞ ≥ 0 and 0 ≤ z ≤ 50 (Z is free, so a loss that rises with T is fitted too, with Z < 0).
     Standard errors are the square roots of the covariance diagonal (scaled by the residual
-    variance); they are NaN when a parameter is not identified. Needs ≥ 4 distinct T.
+    variance); they are NaN when a parameter is not identified. Intervals: estimate ± t(n − 3)·SE at
+    level `ci`. Needs ≥ 4 distinct T.
     """
     opt = require_scipy_optimize()
     t_a = positive("num_steps", steps)
@@ -94,10 +116,30 @@ def fit_test_time(
     p0 = best[1:]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", opt.OptimizeWarning)  # singular covariance -> NaN SEs below
-        popt, pcov = opt.curve_fit(
-            model, t_a, l_a, p0=p0, bounds=([0.0, -np.inf, 0.0], [np.inf, np.inf, 50.0]), maxfev=20_000
-        )
+        popt, pcov = opt.curve_fit(model, t_a, l_a, p0=p0, bounds=BOUNDS, maxfev=20_000)
     se = np.sqrt(np.where(np.diag(pcov) >= 0, np.diag(pcov), np.nan))
+    half = t_quantile(0.5 + ci / 2, t_a.size - 3) * se
+    names = ("L_inf", "Z", "z")
+    at_bound = {}
+    for name, value, lo, hi in zip(names, popt, *BOUNDS):
+        if value <= lo + 1e-9 * max(1.0, abs(lo)):
+            at_bound[name] = "lower"
+        elif value >= hi - 1e-9 * max(1.0, abs(hi)):
+            at_bound[name] = "upper"
+    undetermined = set(at_bound)
+    notes = [f"{k} is on its {v} bound" for k, v in at_bound.items()]
+    z_fit = float(popt[2])
+    if z_fit * t_a.min() > DECAY_DONE or z_fit * (t_a.max() - t_a.min()) < DECAY_UNSTARTED:
+        undetermined |= {"Z", "z"}
+        notes.append(
+            f"the decay exp(-z*T) with z = {z_fit:.3g} is "
+            + ("over before the smallest depth" if z_fit * t_a.min() > DECAY_DONE else "flat over the depths")
+            + ", so Z and z are not determined separately"
+        )
+    intervals = {
+        name: None if name in undetermined else (float(v - h), float(v + h))
+        for name, v, h in zip(names, popt, half)
+    }
     pred = model(t_a, *popt)
     order = np.argsort(t_a, kind="stable")
     return TestTimeFit(
@@ -108,6 +150,12 @@ def fit_test_time(
         L_inf_se=float(se[0]),
         Z_se=float(se[1]),
         z_se=float(se[2]),
+        L_inf_ci=intervals["L_inf"],
+        Z_ci=intervals["Z"],
+        z_ci=intervals["z"],
+        ci_level=ci,
+        at_bound=at_bound,
+        note="; ".join(notes),
         r2=metrics.r2(l_a, pred),
         rmse=float(np.sqrt(np.mean((pred - l_a) ** 2))),
         n_points=int(t_a.size),
