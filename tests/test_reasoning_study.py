@@ -42,6 +42,29 @@ def test_the_sweep_compares_equal_parameters_and_equal_depth(tmp_path):
     assert gpt == [blocks, unrolled]
 
 
+def test_the_chase_sweep_trains_parcae_and_both_gpts_on_chase_alone(tmp_path):
+    points = expand(SweepSpec.from_yaml(STUDY / "chase.yaml"), tmp_path)
+    configs = [p.config for p in points]
+    assert {tuple(t.value for t in c.data.tasks) for c in configs} == {("chase",)}
+    assert len({c.train.max_steps for c in configs}) == 1 and len({c.data.seq_len for c in configs}) == 1
+    parcae = [c.model_config(259) for c in configs if c.model_name.startswith("parcae")]
+    gpt = sorted(c.model_config(259).n_layer for c in configs if c.model_name.startswith("gpt"))
+    assert [m.injection_type.value for m in parcae] == ["diagonal"]
+    m = parcae[0]
+    blocks = m.n_layers_in_prelude + m.n_layers_in_recurrent_block + m.n_layers_in_coda
+    unrolled = m.n_layers_in_prelude + m.mean_recurrence * m.n_layers_in_recurrent_block + m.n_layers_in_coda
+    assert gpt == [blocks, unrolled]
+
+
+def test_the_command_line_picks_the_sweep(script, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(script, "main", lambda sweep, *a, argv, **k: seen.update(sweep=sweep, argv=argv) or 0)
+    assert script.cli(["--sweep", "chase", "--smoke"]) == 0
+    assert seen == {"sweep": STUDY / "chase.yaml", "argv": ["--smoke"]}
+    script.cli([])
+    assert seen["sweep"] == STUDY / "reasoning.yaml"
+
+
 def _tables():
     """A tiny made-up result: a looped model at T = 2, 4, 8 and a GPT, on add difficulties 4 and 5."""
     facts = {

@@ -1,6 +1,7 @@
-"""Where the loop pays: Parcae against GPTs on the synthetic reasoning tasks; the grid is reasoning.yaml.
+"""Where the loop pays: Parcae against GPTs on the synthetic reasoning tasks; the grid is reasoning.yaml
+(`add`), or chase.yaml (`chase`: the diagonal Parcae and both GPTs) with --sweep chase.
 
-    python experiments/reasoning/reasoning.py [--smoke] [--out studies/reasoning] [--figures DIR]
+    python experiments/reasoning/reasoning.py [--sweep chase] [--smoke] [--out studies/reasoning] [--figures DIR]
 
 Trains every point of the sweep (Parcae with the diagonal, additive and linear injection, Parcae with one
 depth per batch instead of per sequence, a GPT with Parcae's three unique blocks and a GPT as deep as
@@ -18,6 +19,7 @@ problems of every task and test difficulty (those harder than trained included):
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
@@ -41,6 +43,7 @@ from parcae_lm.model.parcae import Parcae  # noqa: E402
 from parcae_lm.scaling.runner import SweepResult  # noqa: E402
 
 SWEEP = Path(__file__).with_name("reasoning.yaml")
+SWEEPS = {"reasoning": SWEEP, "chase": Path(__file__).with_name("chase.yaml")}  # --sweep NAME
 DEPTH_FACTORS = [0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8]  # test-time depths as multiples of μ_rec
 SMOKE_DEPTH_FACTORS = [0.5, 1, 2]
 PER_DIFFICULTY, SMOKE_PER_DIFFICULTY = 100, 4
@@ -382,5 +385,13 @@ def analyse(result: SweepResult, context: Context) -> Report:
     return Report(md, figures, {"headline": head})
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """The harness's command line plus --sweep: which grid to run (reasoning.yaml or chase.yaml)."""
+    pick = argparse.ArgumentParser(add_help=False)
+    pick.add_argument("--sweep", choices=sorted(SWEEPS), default="reasoning")
+    known, rest = pick.parse_known_args(argv)
+    return main(SWEEPS[known.sweep], analyse, __doc__, argv=rest, text=False)
+
+
 if __name__ == "__main__":
-    sys.exit(main(SWEEP, analyse, __doc__, text=False))
+    sys.exit(cli())
