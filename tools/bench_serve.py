@@ -64,7 +64,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="result path without extension (writes OUT.json)")
     ap.add_argument("--streams", default="1,8", help="concurrent clients to compare, e.g. 1,8")
-    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--max_tokens", type=int, default=128)
     ap.add_argument("--rows", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)

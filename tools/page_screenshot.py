@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=None, help="default: the model's depth")
     ap.add_argument("--threshold", type=float, default=0.0)
     ap.add_argument("--temperature", type=float, default=0.8)
-    ap.add_argument("--max-tokens", type=int, default=80)
+    ap.add_argument("--max_tokens", type=int, default=80)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
