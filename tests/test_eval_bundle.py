@@ -465,3 +465,25 @@ def test_build_from_the_real_packages(tmp_path):
         for label in DCLM_FILE_SHA256
     }
     assert got == DCLM_FILE_SHA256
+
+
+def test_build_bundle_holds_the_cache_entry_lock(tmp_path, monkeypatch):
+    """Two builds into one bundle directory take turns: the build runs under an exclusive lock beside it."""
+    import fcntl
+
+    from parcae_lm.eval import build
+
+    held = []
+
+    def fake_build(suite, dest, variant):
+        with open(dest.parent / f".{dest.name}.lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+        return "built"
+
+    monkeypatch.setattr(build, "_build", fake_build)
+    assert build.build_bundle(build.Suite.CORE, tmp_path / "bundle") == "built"
+    assert held == [True]

