@@ -75,7 +75,7 @@ def test_generate_compiled_equals_eager(run_dir, capsys):
     args = ["generate", str(run_dir), "ROMEO:", "--max_new_tokens", "12", "--temperature", "0"]
     assert main(args) == 0
     eager = capsys.readouterr().out
-    assert main([*args, "--compile"]) == 0
+    assert main([*args, "--compile", "true"]) == 0
     assert capsys.readouterr().out == eager
 
 
