@@ -41,8 +41,8 @@ def serve(
         recurrence: Deepest test-time recurrence a request may ask for, the depth every batch step runs
             (default: the model's mean recurrence).
         prefill_chunk: Prompt tokens prefilled per scheduler tick (running streams wait at most one chunk).
-        compile: Compile the batched decode step of every batch size at startup (default: where
-            torch.compile works: CPU with a C++ compiler, CUDA with Triton).
+        compile: Compile the batched decode step of every batch and length bucket at startup (default:
+            on CUDA with Triton; on CPU it costs minutes of startup).
         tokenizer: Tokenizer directory (default: the model's own).
         device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
         threads: CPU threads for torch (default: torch's choice).

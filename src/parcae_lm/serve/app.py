@@ -379,10 +379,13 @@ def build_served(
     tokenizer: str | None = None,
     allow_unverified: bool = False,
 ) -> Served:
-    """Load a run directory, export or hub id and wrap it for serving. `compiled` (default: where
-    torch.compile works) compiles the batched step of every batch bucket before returning."""
+    """Load a run directory, export or hub id and wrap it for serving. `compiled` (default: on CUDA
+    where Triton works) compiles the batched step of every batch and length bucket before returning."""
     run = load_run(model_ref, device=device, tokenizer=tokenizer, allow_unverified=allow_unverified)
-    compiled = compile_supported(run.model.device) if compiled is None else compiled
+    if compiled is None:
+        # On CPU the startup compile of every (batch, length) bucket takes minutes and batched eager steps
+        # scale as well with the batch (docs/serving.md), so only CUDA compiles by default.
+        compiled = run.model.device.type == "cuda" and compile_supported(run.model.device)
     return served_model(
         run.model,
         run.tokenizer,
