@@ -136,8 +136,11 @@ def run(
     figs = Path(fig_dir) if fig_dir is not None else out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
     report = analyse(result, Context(figs, data, smoke))
+
     # Paths relative to the report, so a study directory can be moved or committed as it is.
-    rel = lambda p: Path(os.path.relpath(p, out)).as_posix()  # noqa: E731
+    def rel(path: Path) -> str:
+        return Path(os.path.relpath(path, out)).as_posix()
+
     text = (
         f"# Study {spec.name}: {spec.description}\n\nResults table: {rel(result.csv)}\n\n{report.markdown}\n"
     )
